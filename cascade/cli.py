@@ -1,0 +1,277 @@
+"""The ``cascade`` command line: a thin layer that parses arguments, calls library functions, prints results.
+
+Commands:
+    cascade demo                      the main job on the built-in synthetic shop
+    cascade data synth --out DIR      write a synthetic shop (Parquet tables + spec.toml + hidden truth)
+    cascade data inspect PATH         describe a data set: counts, column types, coverage, problems found
+    cascade data inspect --spec FILE
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import features
+from features.summary import describe_dataset
+from features.validation import DataValidationError
+
+logger = logging.getLogger(__name__)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, received {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, received {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, received {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, received {value}")
+    return value
+
+
+def _format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    cells = [[str(h) for h in headers], *[[_cell(v) for v in row] for row in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(cells[0], widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    for row in cells[1:]:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+    return "\n".join(lines)
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def _print_description(description: dict) -> None:
+    summary = description["summary"]
+    print(f"data set: {summary['name']}")
+    print(
+        _format_table(
+            ["users", "items", "interactions", "positives", "with query", "requests"],
+            [
+                [
+                    summary["users"],
+                    summary["items"],
+                    summary["interactions"],
+                    summary["positives"],
+                    summary["with_query"],
+                    summary["requests"] if summary["requests"] is not None else "-",
+                ]
+            ],
+        )
+    )
+    print("labels: " + ", ".join(f"{k}: {v}" for k, v in summary["labels"].items()))
+    per_user, per_item = description["interactions_per_user"], description["interactions_per_item"]
+    print(
+        f"interactions per user: min {per_user['min']}, median {per_user['median']:g}, max {per_user['max']}; "
+        f"per item: min {per_item['min']}, median {per_item['median']:g}, max {per_item['max']}; "
+        f"items never interacted with: {description['items_never_interacted']}"
+    )
+    for table, info in description["tables"].items():
+        print(f"\n{table} ({info['rows']} rows)")
+        rows = [
+            [c["name"], c["role"], c["dtype"], f"{100 * c['coverage']:.1f}%", c["distinct"]]
+            for c in info["columns"]
+        ]
+        print(_format_table(["column", "role", "dtype", "coverage", "distinct"], rows))
+    validation = description["validation"]
+    print()
+    if validation is None or not validation["problems"]:
+        print("problems found: none")
+    else:
+        print(f"problems found: {len(validation['problems'])}")
+        for p in validation["problems"]:
+            print(
+                f"  - {p['table']}.{p['column']} [{p['kind']}]: {p['message']} ({p['count']} rows; e.g. "
+                f"{', '.join(p['examples'])})"
+            )
+        if validation["dropped"]:
+            print("  dropped rows: " + ", ".join(f"{t}={n}" for t, n in validation["dropped"].items()))
+
+
+def _cmd_data_inspect(args: argparse.Namespace) -> int:
+    source = args.spec if args.spec is not None else args.path
+    if source is None:
+        print("error: give a data PATH or --spec FILE", file=sys.stderr)
+        return 2
+    try:
+        # Inspect reports every problem instead of stopping at the first: it never writes anything back.
+        dataset = features.load_dataset(source, policy=args.policy)
+    except DataValidationError as e:
+        print(f"error: {e}", file=sys.stderr)
+        if args.json:
+            print(json.dumps({"validation": e.report.to_dict()}, indent=2))
+        return 1
+    except (features.SpecError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    description = describe_dataset(dataset)
+    if args.json:
+        print(json.dumps(description, indent=2, default=str))
+    else:
+        _print_description(description)
+    return 0
+
+
+def _synthetic_config(args: argparse.Namespace):  # -> features.synthetic.SyntheticConfig
+    from features.synthetic import SyntheticConfig
+
+    fields = {
+        "num_users": args.users,
+        "num_items": args.items,
+        "num_interactions": args.interactions,
+        "seed": args.seed,
+    }
+    return SyntheticConfig(**{k: v for k, v in fields.items() if v is not None})
+
+
+def _cmd_data_synth(args: argparse.Namespace) -> int:
+    from features.synthetic import generate_shop, write_shop
+
+    try:
+        config = _synthetic_config(args)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    start = time.perf_counter()
+    shop = generate_shop(config)
+    try:
+        spec_path = write_shop(shop, args.out, overwrite=args.overwrite)
+    except FileExistsError as e:
+        print(f"error: {e} (pass --overwrite to replace it)", file=sys.stderr)
+        return 1
+    elapsed = time.perf_counter() - start
+    summary = shop.dataset.summary()
+    print(
+        f"wrote synthetic shop ({summary['users']} users, {summary['items']} items, "
+        f"{summary['interactions']} interactions) to {Path(args.out)} in {elapsed:.1f}s"
+    )
+    print(f"spec: {spec_path}   inspect it with: cascade data inspect {spec_path.parent}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from features.encoders import FeatureEncoders
+    from features.synthetic import generate_shop
+
+    try:
+        config = _synthetic_config(args)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    stage_start = time.perf_counter()
+    shop = generate_shop(config)
+    print(
+        f"[1/4] generated the synthetic shop (seed {config.seed}) in {time.perf_counter() - stage_start:.1f}s"
+    )
+    stage_start = time.perf_counter()
+    dataset = features.validate_dataset(shop.dataset)
+    print(f"[2/4] validated: {dataset.report}  ({time.perf_counter() - stage_start:.1f}s)")
+    _print_description(describe_dataset(dataset))
+    stage_start = time.perf_counter()
+    split = features.temporal_leave_last_out(dataset)
+    report = split.report
+    print(
+        f"\n[3/4] temporal leave-last-out split in {time.perf_counter() - stage_start:.1f}s: "
+        f"{report.users_held_out} users held out ({report.users_too_few} with too few positive requests kept in "
+        f"training); train {report.train_rows} rows, validation {report.validation_rows}, test {report.test_rows}, "
+        f"{report.rows_after_validation} rows after validation left out"
+    )
+    stage_start = time.perf_counter()
+    encoders = FeatureEncoders.fit(dataset, split.train)
+    test_queries = features.build_queries(split.test, dataset)
+    encoded = encoders.encode_queries(test_queries)
+    print(
+        f"[4/4] fitted encoders on training rows only and encoded {len(test_queries)} test queries in "
+        f"{time.perf_counter() - stage_start:.1f}s: "
+        + ", ".join(f"{name} {tuple(value.shape)}" for name, value in sorted(encoded.items()))
+    )
+    print(
+        "\nThe data layer is ready. The teacher, the students, the FAISS index and the evaluation are built on "
+        "it by the next stages of Cascade."
+    )
+    if args.out is not None:
+        from features.synthetic import write_shop
+
+        spec_path = write_shop(shop, args.out, overwrite=True)
+        print(f"wrote the shop to {spec_path.parent}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cascade",
+        description="Cascade: distilled e-commerce search and recommendation (teacher -> two-tower + FAISS -> "
+        "re-rank).",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO level")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add_synthetic_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--users", type=_positive_int, default=None, help="number of users")
+        p.add_argument("--items", type=_positive_int, default=None, help="number of items")
+        p.add_argument("--interactions", type=_positive_int, default=None, help="approximate number of rows")
+        p.add_argument("--seed", type=_non_negative_int, default=0, help="random seed (default 0)")
+
+    demo = commands.add_parser("demo", help="run the main job on the built-in synthetic shop")
+    add_synthetic_options(demo)
+    demo.add_argument("--out", type=Path, default=None, help="also write the shop to this folder")
+    demo.set_defaults(func=_cmd_demo)
+
+    data = commands.add_parser("data", help="data sets: generate and inspect")
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
+    synth = data_commands.add_parser("synth", help="write a synthetic shop: Parquet tables, spec.toml, truth")
+    synth.add_argument("--out", type=Path, required=True, help="output folder (must not exist)")
+    add_synthetic_options(synth)
+    synth.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    synth.set_defaults(func=_cmd_data_synth)
+
+    inspect = data_commands.add_parser(
+        "inspect", help="describe a data set: table counts, column types, coverage, problems found"
+    )
+    inspect.add_argument(
+        "path", nargs="?", type=Path, help="a data folder (spec.toml, MovieLens, Amazon) or spec"
+    )
+    inspect.add_argument("--spec", type=Path, default=None, help="a dataset spec TOML file")
+    inspect.add_argument(
+        "--policy",
+        choices=["error", "drop-and-report"],
+        default="drop-and-report",
+        help="drop-and-report (default) lists every problem; error stops at validation failure",
+    )
+    inspect.add_argument("--json", action="store_true", help="print JSON for machines")
+    inspect.set_defaults(func=_cmd_data_inspect)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the CLI; returns the exit code (0 success, 1 failure, 2 bad arguments)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
