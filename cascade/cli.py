@@ -88,8 +88,7 @@ def _print_description(description: dict) -> None:
     for table, info in description["tables"].items():
         print(f"\n{table} ({info['rows']} rows)")
         rows = [
-            [c["name"], c["role"], c["dtype"], f"{100 * c['coverage']:.1f}%", c["distinct"]]
-            for c in info["columns"]
+            [c["name"], c["role"], c["dtype"], f"{100 * c['coverage']:.1f}%", c["distinct"]] for c in info["columns"]
         ]
         print(_format_table(["column", "role", "dtype", "coverage", "distinct"], rows))
     validation = description["validation"]
@@ -179,9 +178,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         return 2
     stage_start = time.perf_counter()
     shop = generate_shop(config)
-    print(
-        f"[1/4] generated the synthetic shop (seed {config.seed}) in {time.perf_counter() - stage_start:.1f}s"
-    )
+    print(f"[1/4] generated the synthetic shop (seed {config.seed}) in {time.perf_counter() - stage_start:.1f}s")
     stage_start = time.perf_counter()
     dataset = features.validate_dataset(shop.dataset)
     print(f"[2/4] validated: {dataset.report}  ({time.perf_counter() - stage_start:.1f}s)")
@@ -247,9 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect = data_commands.add_parser(
         "inspect", help="describe a data set: table counts, column types, coverage, problems found"
     )
-    inspect.add_argument(
-        "path", nargs="?", type=Path, help="a data folder (spec.toml, MovieLens, Amazon) or spec"
-    )
+    inspect.add_argument("path", nargs="?", type=Path, help="a data folder (spec.toml, MovieLens, Amazon) or spec")
     inspect.add_argument("--spec", type=Path, default=None, help="a dataset spec TOML file")
     inspect.add_argument(
         "--policy",

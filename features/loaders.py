@@ -36,9 +36,7 @@ _PARQUET_SUFFIXES = (".parquet", ".pq")
 _CSV_SUFFIXES = (".csv", ".tsv", ".txt")
 
 
-def read_table(
-    path: Path, columns: list[str], *, table: str, sep: str = ",", encoding: str = "utf-8"
-) -> pd.DataFrame:
+def read_table(path: Path, columns: list[str], *, table: str, sep: str = ",", encoding: str = "utf-8") -> pd.DataFrame:
     """Reads the named columns of a Parquet or CSV file, failing clearly when a column or the file is missing.
 
     Args:
@@ -74,17 +72,13 @@ def read_table(
             ) from e
         except pd.errors.ParserError as e:
             raise SpecError(f"{table} file {path} is not valid CSV with sep={sep!r}: {e}") from e
-    raise SpecError(
-        f"{table} file {path} has suffix {suffix!r}; expected one of {_PARQUET_SUFFIXES + _CSV_SUFFIXES}"
-    )
+    raise SpecError(f"{table} file {path} has suffix {suffix!r}; expected one of {_PARQUET_SUFFIXES + _CSV_SUFFIXES}")
 
 
 def _require_columns(available: list[str], wanted: list[str], path: Path, table: str) -> None:
     missing = [c for c in wanted if c not in available]
     if missing:
-        raise SpecError(
-            f"{table} file {path} has no column(s) {missing} named by the spec; it has columns {available}"
-        )
+        raise SpecError(f"{table} file {path} has no column(s) {missing} named by the spec; it has columns {available}")
 
 
 def _expand_category_path(
@@ -283,9 +277,7 @@ def load_movielens_100k(path: str | Path, *, policy: str = "error") -> Dataset:
         user_categorical=("gender", "occupation", "zip_region"),
         user_numeric=("age",),
     )
-    dataset = Dataset(
-        name="movielens-100k", schema=schema, interactions=interactions, items=items, users=users
-    )
+    dataset = Dataset(name="movielens-100k", schema=schema, interactions=interactions, items=items, users=users)
     return validate_dataset(dataset, policy=policy, source=str(folder))
 
 
@@ -318,9 +310,7 @@ def load_amazon_5core(path: str | Path, *, name: str | None = None, policy: str 
     sequences = json.loads(inter_path.read_text(encoding="utf-8"))
     lengths = np.fromiter((len(v) for v in sequences.values()), dtype=np.int64, count=len(sequences))
     user_ids = np.repeat(np.array([int(u) for u in sequences], dtype=np.int64), lengths)
-    item_ids = np.fromiter(
-        (i for seq in sequences.values() for i in seq), dtype=np.int64, count=int(lengths.sum())
-    )
+    item_ids = np.fromiter((i for seq in sequences.values() for i in seq), dtype=np.int64, count=int(lengths.sum()))
     starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
     positions = np.arange(len(item_ids), dtype=np.int64) - starts
     interactions = pd.DataFrame(
@@ -381,9 +371,7 @@ def load_dataset(source: DatasetSpec | str | Path, *, policy: str | None = None)
             spec = DatasetSpec.from_toml(path)
     effective = policy or spec.policy
     if spec.format != "tables" and spec.path is None:
-        raise SpecError(
-            f"dataset spec {spec.name!r} with format {spec.format!r} needs `path` (the data folder)"
-        )
+        raise SpecError(f"dataset spec {spec.name!r} with format {spec.format!r} needs `path` (the data folder)")
     if spec.format == "movielens-100k":
         dataset = load_movielens_100k(spec.path, policy=effective)
     elif spec.format == "amazon-5core":

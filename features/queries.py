@@ -100,9 +100,7 @@ def build_queries(
         A `QueryBatch` aligned with ``events`` (row ``i`` is the query of ``events.iloc[i]``).
     """
     if max_history < 0:
-        raise ValueError(
-            f"`max_history` should be a non-negative integer. Received: max_history={max_history}"
-        )
+        raise ValueError(f"`max_history` should be a non-negative integer. Received: max_history={max_history}")
     source = dataset.interactions if history_source is None else history_source
     schema = dataset.schema
     positives = source.loc[source[LABEL] >= schema.label.positive_threshold]
@@ -115,7 +113,13 @@ def build_queries(
         has = length > j
         history[has, j] = pos_items[boundary[has] - 1 - j]
 
-    context = {name: events[name].to_numpy() for name in schema.context if name in events.columns}
+    missing_context = [name for name in schema.context if name not in events.columns]
+    if missing_context:
+        raise ValueError(
+            f"`events` should have the context column(s) {list(schema.context)} of the schema. Received: "
+            f"columns {list(events.columns)}, missing {missing_context}"
+        )
+    context = {name: events[name].to_numpy() for name in schema.context}
     user_attributes: dict[str, np.ndarray] = {}
     if dataset.users is not None:
         attrs = dataset.users.set_index(USER_ID)
@@ -145,10 +149,11 @@ def _history_bounds(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Locates each event's history among the positives.
 
-    Every row gets the sort key (user, time, sequence key): the request id where the data has one, else the
-    row's index label (its position in the source, which orders equal-time rows of a sequence file). Positives
-    sorted by that key form one array; an event's history is the run of its user's positives with a strictly
-    smaller key, so rows of the event's own request are never part of it.
+    Every row gets the sort key (user, time, sequence key): the request id where the data has one (with the
+    request's earliest timestamp as its time, so a request is ordered as one unit), else the row's index label
+    (its position in the source, which orders equal-time rows of a sequence file). Positives sorted by that key
+    form one array; an event's history is the run of its user's positives with a strictly smaller key, so rows
+    of the event's own request are never part of it.
 
     Returns:
         ``(boundary, start, items)``: the event's history is ``items[start:boundary]`` (oldest first), with
@@ -163,6 +168,8 @@ def _history_bounds(
         seq = np.concatenate([positives[seq_col].to_numpy(), events[seq_col].to_numpy()])
     user_codes = pd.factorize(users, sort=True)[0]
     seq_codes = pd.factorize(seq, sort=True)[0]
+    if seq_col is not None:
+        times = _request_times(user_codes, seq_codes, times)
     num_pos = len(positives)
     is_event = np.zeros(len(users), dtype=np.int8)
     is_event[num_pos:] = 1
@@ -177,3 +184,9 @@ def _history_bounds(
     start = np.searchsorted(sorted_user_codes, user_codes[num_pos:], side="left")
     items = positives[ITEM_ID].to_numpy()[pos_sorted]
     return boundary, start, items
+
+
+def _request_times(user_codes: np.ndarray, seq_codes: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """Every row of a request gets the request's earliest timestamp, so a request is ordered as one unit."""
+    keys = pd.DataFrame({"user": user_codes, "seq": seq_codes, "time": times})
+    return keys.groupby(["user", "seq"], sort=False)["time"].transform("min").to_numpy()

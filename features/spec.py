@@ -57,9 +57,7 @@ class SpecError(ValueError):
     """A dataset spec is malformed or does not match its files."""
 
 
-def _get(
-    section: dict[str, Any], key: str, where: str, kind: type | tuple[type, ...], default: Any = ...
-) -> Any:
+def _get(section: dict[str, Any], key: str, where: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
     if key not in section:
         if default is ...:
             raise SpecError(f"`{where}.{key}` is required. Received: no `{key}` in [{where}]")
@@ -82,8 +80,7 @@ def _check_keys(section: dict[str, Any], allowed: set[str], where: str) -> None:
     unknown = sorted(set(section) - allowed)
     if unknown:
         raise SpecError(
-            f"[{where}] has unknown key(s) {unknown}; expected a subset of {sorted(allowed)}. "
-            "Check the spelling."
+            f"[{where}] has unknown key(s) {unknown}; expected a subset of {sorted(allowed)}. Check the spelling."
         )
 
 
@@ -165,9 +162,7 @@ class DatasetSpec:
         return cls.from_dict(data, base_dir=path.parent, source=str(path))
 
     @classmethod
-    def from_dict(
-        cls, data: dict[str, Any], *, base_dir: Path = Path("."), source: str = "spec"
-    ) -> DatasetSpec:
+    def from_dict(cls, data: dict[str, Any], *, base_dir: Path = Path("."), source: str = "spec") -> DatasetSpec:
         """Builds a spec from a parsed TOML document (see the module docstring for the keys)."""
         known = {"name", "format", "path", "policy", "label", "interactions", "items", "users"}
         try:
@@ -177,9 +172,7 @@ class DatasetSpec:
                 raise SpecError(f"`format` should be one of {FORMATS}. Received: format={fmt!r} in {source}")
             policy = _get(data, "policy", source, str, "error")
             if policy not in POLICIES:
-                raise SpecError(
-                    f"`policy` should be one of {POLICIES}. Received: policy={policy!r} in {source}"
-                )
+                raise SpecError(f"`policy` should be one of {POLICIES}. Received: policy={policy!r} in {source}")
             extra = {k: v for k, v in data.items() if k not in known}
 
             def resolve(p: str) -> Path:
@@ -196,18 +189,14 @@ class DatasetSpec:
             try:
                 label_names = {int(k): str(v) for k, v in names.items()}
             except ValueError as e:
-                raise SpecError(
-                    f"`label.names` keys should be integers (as strings). Received: {names!r}"
-                ) from e
+                raise SpecError(f"`label.names` keys should be integers (as strings). Received: {names!r}") from e
             kind = _get(label_section, "kind", "label", str, "implicit")
             try:
                 label = LabelSpec(
                     kind=kind,
                     min=float(_get(label_section, "min", "label", (int, float), 1)),
                     max=float(_get(label_section, "max", "label", (int, float), 1)),
-                    positive_threshold=float(
-                        _get(label_section, "positive_threshold", "label", (int, float), 1)
-                    ),
+                    positive_threshold=float(_get(label_section, "positive_threshold", "label", (int, float), 1)),
                     names=label_names,
                 )
             except ValueError as e:

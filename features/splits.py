@@ -94,6 +94,10 @@ def temporal_leave_last_out(dataset: Dataset, *, min_positive_requests: int = 3)
     seq = frame[REQUEST_ID].to_numpy() if dataset.schema.has_request_id else frame.index.to_numpy()
     user_codes = pd.factorize(users, sort=True)[0]
     seq_codes = pd.factorize(seq, sort=True)[0]
+    if dataset.schema.has_request_id:
+        # A request is one unit in time even if its rows carry different timestamps: it starts at its first.
+        keys = pd.DataFrame({"user": user_codes, "seq": seq_codes, "time": times})
+        times = keys.groupby(["user", "seq"], sort=False)["time"].transform("min").to_numpy()
     order = np.lexsort((seq_codes, times, user_codes))
     su, st, ss = user_codes[order], times[order], seq_codes[order]
     positive = dataset.positive_mask().to_numpy()[order]

@@ -159,9 +159,7 @@ class _Checker:
         count = int(mask.sum())
         if count == 0:
             return
-        self.report.problems.append(
-            Problem(kind, table, column, count, _examples(values[mask]), message, fatal=fatal)
-        )
+        self.report.problems.append(Problem(kind, table, column, count, _examples(values[mask]), message, fatal=fatal))
         if not fatal:
             self.drop[table] = self.drop.get(table, np.zeros(len(mask), dtype=bool)) | mask
 
@@ -270,9 +268,7 @@ def validate_dataset(dataset: Dataset, *, policy: str = "error", source: str = "
     check.add("duplicate_id", "items", ITEM_ID, dup_items, items[ITEM_ID], "item id appears more than once")
     if users is not None:
         dup_users = users[USER_ID].duplicated(keep="first").to_numpy()
-        check.add(
-            "duplicate_id", "users", USER_ID, dup_users, users[USER_ID], "user id appears more than once"
-        )
+        check.add("duplicate_id", "users", USER_ID, dup_users, users[USER_ID], "user id appears more than once")
 
     unknown_items = ~inter[ITEM_ID].isin(items[ITEM_ID]).to_numpy()
     check.add(

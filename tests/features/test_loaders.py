@@ -175,7 +175,7 @@ def test_non_utf8_csv_says_which_file_and_encoding(tmp_path: Path) -> None:
     ("edit", "message"),
     [
         (('kind = "graded"', 'kind = "stars"'), r"`label.kind` should be one of"),
-        (('positive_threshold = 1', 'positive_threshold = 7'), r"positive_threshold.*\[label.min, label.max\]"),
+        (("positive_threshold = 1", "positive_threshold = 7"), r"positive_threshold.*\[label.min, label.max\]"),
         (('user_id = "customer"\nitem_id', 'uid = "customer"\nitem_id'), r"unknown key\(s\) \['uid'\]"),
         (('categorical = ["brand"]', 'categorical = "brand"'), r"`items.categorical` should be a list"),
         (('name = "tiny-tables"', 'name = "tiny-tables"\npolicy = "ignore"'), r"`policy` should be one of"),
@@ -199,7 +199,7 @@ def test_missing_files_are_named(tmp_path: Path) -> None:
     (tmp_path / "catalog.parquet").unlink()
     with pytest.raises(FileNotFoundError, match=r"items file .*catalog\.parquet does not exist"):
         features.load_dataset(spec_path)
-    with pytest.raises(FileNotFoundError, match="u.data"):
+    with pytest.raises(FileNotFoundError, match=r"u\.data"):
         features.load_movielens_100k(tmp_path)
 
 

@@ -159,3 +159,18 @@ def test_real_splits_report_users(movielens: Dataset, amazon: Dataset) -> None:
     r = ml_split.report
     assert r.users == 943 and r.users_held_out + r.users_too_few == 943
     assert r.train_rows + r.validation_rows + r.test_rows + r.rows_after_validation == 100_000
+
+
+def test_a_request_with_several_timestamps_is_one_unit(tiny_shop: Dataset) -> None:
+    # Request 3 of user 1 spans t=300 and t=301: its rows must neither see each other nor be split apart.
+    tiny_shop.interactions.loc[4, "timestamp"] = 301
+    split = temporal_leave_last_out(tiny_shop)
+    assert sorted(split.validation_pairs.loc[split.validation_pairs["user_id"] == 1, "request_id"]) == [3, 3]
+    queries = features.build_queries(split.validation_pairs, tiny_shop, max_history=4)
+    # User 1's two rows see items 12 and 10 of requests 2 and 1, not each other; user 3 sees request 8.
+    assert queries.history_length.tolist() == [2, 2, 1]
+
+
+def test_missing_context_column_is_an_error(tiny_shop: Dataset) -> None:
+    with pytest.raises(ValueError, match=r"context column\(s\) \['device'\].*missing \['device'\]"):
+        features.build_queries(tiny_shop.interactions.drop(columns=["device"]), tiny_shop)
