@@ -35,7 +35,9 @@ def _setup(seed: int = 0):
         features, labels = batch
         with tf.GradientTape() as tape:
             loss = tf.reduce_mean(tf.square(model(features) - labels))
-        optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
+        optimizer.apply_gradients(
+            zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables, strict=True)
+        )
         return loss
 
     return model, optimizer, step, make_dataset
