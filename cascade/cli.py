@@ -2,6 +2,7 @@
 
 Commands:
     cascade demo                      the main job on the built-in synthetic shop
+    cascade train --out DIR           train teacher and students (distilled, label-only), evaluate them
     cascade data synth --out DIR      write a synthetic shop (Parquet tables + spec.toml + hidden truth)
     cascade data inspect PATH         describe a data set: counts, column types, coverage, problems found
     cascade data inspect --spec FILE
@@ -213,6 +214,46 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    import tomllib
+
+    from cascade.train import format_results, run_training
+    from distill.trainer import CascadeConfig, save_cascade
+
+    if args.out.exists() and any(args.out.iterdir()) and not args.resume:
+        print(f"error: {args.out} is not empty (pass --resume to continue an interrupted run there)", file=sys.stderr)
+        return 1
+    try:
+        config = CascadeConfig()
+        if args.config is not None:
+            config = CascadeConfig.from_dict(tomllib.loads(args.config.read_text(encoding="utf-8")))
+        if args.data is not None:
+            dataset = features.load_dataset(args.data)
+        else:
+            from features.synthetic import generate_shop
+
+            dataset = generate_shop(_synthetic_config(args)).dataset
+    except (ValueError, FileNotFoundError, tomllib.TOMLDecodeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(
+        f"training the cascade on {dataset.name}: {dataset.num_users} users, {dataset.num_items} items, "
+        f"{dataset.num_interactions} interactions"
+    )
+    report = run_training(
+        dataset, config=config, out_dir=args.out, max_eval_queries=args.max_eval_queries, show_progress=True
+    )
+    for stage in report["stages"]:
+        losses = ", ".join(f"{v:.4f}" for v in stage["epoch_losses"])
+        print(f"  {stage['name']:<22} {stage['seconds']:7.1f}s  loss per epoch: {losses}")
+    queries = report["results"]["_queries"]
+    print(f"\nheld-out test requests: {int(queries['evaluated'])} (full catalog, exact scoring)")
+    print(format_results(report["results"], report["costs"]))
+    models = save_cascade(report["trained"], args.out / "models") if not (args.out / "models").exists() else None
+    print(f"\nreport: {args.out / 'train_report.json'}" + (f"; models: {models}" if models else ""))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cascade",
@@ -232,6 +273,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_synthetic_options(demo)
     demo.add_argument("--out", type=Path, default=None, help="also write the shop to this folder")
     demo.set_defaults(func=_cmd_demo)
+
+    train = commands.add_parser(
+        "train", help="train the teacher and both students (distilled and label-only) and evaluate them"
+    )
+    train.add_argument("--data", type=Path, default=None, help="data folder or spec (default: the synthetic shop)")
+    add_synthetic_options(train)
+    train.add_argument("--config", type=Path, default=None, help="TOML with [teacher], [two_tower], [student] tables")
+    train.add_argument("--out", type=Path, required=True, help="output folder: checkpoints, report, models")
+    train.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    train.add_argument("--max-eval-queries", type=_positive_int, default=2000, help="held-out requests to evaluate")
+    train.set_defaults(func=_cmd_train)
 
     data = commands.add_parser("data", help="data sets: generate and inspect")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")

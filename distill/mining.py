@@ -117,7 +117,7 @@ def student_top_k(query_embeddings: np.ndarray, item_embeddings: np.ndarray, k: 
     return I.astype(np.int64), D.astype(np.float32)
 
 
-def _sample_columns(candidates: np.ndarray, valid: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+def sample_columns(candidates: np.ndarray, valid: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
     """Up to ``count`` valid entries per row, uniformly at random without replacement; ``PAD`` where short."""
     if count == 0:
         return np.full((candidates.shape[0], 0), PAD, dtype=np.int64)
@@ -171,9 +171,9 @@ def mine_candidate_lists(
         return (rows != PAD) & ~(rows[:, :, None] == forbidden[:, None, :]).any(axis=2)
 
     window = top[:, config.window_start : config.window_end]
-    hard = _sample_columns(window, allowed(window), config.num_hard, rng)
+    hard = sample_columns(window, allowed(window), config.num_hard, rng)
     head = top[:, : config.window_start]
-    top_items = _sample_columns(head, allowed(head), config.num_student_top, rng) if config.num_student_top else None
+    top_items = sample_columns(head, allowed(head), config.num_student_top, rng) if config.num_student_top else None
     easy = rng.integers(0, num_items, size=(num_queries, config.num_easy), dtype=np.int64)
     taken = np.concatenate([hard, *([top_items] if top_items is not None else [])], axis=1)
     easy_ok = allowed(easy) & ~(easy[:, :, None] == taken[:, None, :]).any(axis=2)
