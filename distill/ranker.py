@@ -22,6 +22,7 @@ import tensorflow as tf
 
 from distill.losses import listwise_kd_loss, pointwise_kd_loss
 from distill.mining import PAD
+from distill.stage import make_train_step
 
 
 @dataclass(frozen=True)
@@ -130,29 +131,24 @@ def make_ranker_train_step(
     """A compiled step over batches ``{"query", "rows", "labels"[, "teacher"]}`` (see `make_list_dataset`)."""
     catalog_tensors = {k: tf.constant(np.asarray(v)) for k, v in catalog.items()}
 
-    @tf.function
-    def step(batch: dict) -> tf.Tensor:
+    def loss_fn(batch: dict) -> tf.Tensor:
         rows = batch["rows"]
         mask = tf.greater_equal(rows, 0)
-        with tf.GradientTape() as tape:
-            scores = list_scores(model, batch["query"], rows, catalog_tensors, training=True)
-            bce = tf.nn.sigmoid_cross_entropy_with_logits(labels=batch["labels"], logits=scores)
-            valid = tf.cast(mask, scores.dtype)
-            loss = weights.label_weight * tf.math.divide_no_nan(tf.reduce_sum(bce * valid), tf.reduce_sum(valid))
-            if weights.pointwise_weight > 0:
-                loss += weights.pointwise_weight * pointwise_kd_loss(
-                    scores, batch["teacher"], temperature=weights.temperature, mask=mask
-                )
-            if weights.listwise_weight > 0:
-                loss += weights.listwise_weight * listwise_kd_loss(
-                    scores, batch["teacher"], temperature=weights.temperature, mask=mask
-                )
-            loss += tf.add_n(model.losses) if model.losses else 0.0
-        variables = model.trainable_variables
-        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
+        scores = list_scores(model, batch["query"], rows, catalog_tensors, training=True)
+        bce = tf.nn.sigmoid_cross_entropy_with_logits(labels=batch["labels"], logits=scores)
+        valid = tf.cast(mask, scores.dtype)
+        loss = weights.label_weight * tf.math.divide_no_nan(tf.reduce_sum(bce * valid), tf.reduce_sum(valid))
+        if weights.pointwise_weight > 0:
+            loss += weights.pointwise_weight * pointwise_kd_loss(
+                scores, batch["teacher"], temperature=weights.temperature, mask=mask
+            )
+        if weights.listwise_weight > 0:
+            loss += weights.listwise_weight * listwise_kd_loss(
+                scores, batch["teacher"], temperature=weights.temperature, mask=mask
+            )
         return loss
 
-    return step
+    return make_train_step(model, optimizer, loss_fn)
 
 
 def make_list_dataset(

@@ -42,6 +42,30 @@ class StageResult:
     resumed_from: tuple[int, int] = (0, 0)
 
 
+def make_train_step(
+    model: tf.keras.Model, optimizer: tf.keras.optimizers.Optimizer, loss_fn: Callable[[dict], tf.Tensor]
+) -> Callable[[dict], tf.Tensor]:
+    """A compiled step: ``loss_fn(batch)`` plus the model's regularization losses, one optimizer update.
+
+    Args:
+        model: Whose trainable variables are updated (and whose ``losses`` are added).
+        optimizer: The optimizer.
+        loss_fn: ``batch -> scalar loss``, computed in training mode; it is traced under the gradient tape.
+    """
+
+    @tf.function
+    def step(batch: dict) -> tf.Tensor:
+        with tf.GradientTape() as tape:
+            loss = loss_fn(batch)
+            if model.losses:
+                loss += tf.add_n(model.losses)
+        variables = model.trainable_variables
+        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
+        return loss
+
+    return step
+
+
 def run_stage(
     *,
     name: str,

@@ -45,7 +45,7 @@ from distill.ranker import (
     make_list_dataset,
     make_ranker_train_step,
 )
-from distill.stage import StageResult, run_stage
+from distill.stage import StageResult, make_train_step, run_stage
 from distill.two_tower import DistilledTwoTowerModel
 from features import Dataset, EncoderConfig, FeatureEncoders, Split
 from ranking import StudentConfig, StudentRanker, TeacherConfig, TeacherRanker, export_ranker, score_lists
@@ -248,16 +248,9 @@ def train_teacher(
     teacher = TeacherRanker(encoders, catalog, stage.model)
     optimizer = keras.optimizers.Adam(stage.learning_rate)
 
-    @tf.function
-    def step(batch: tuple) -> tf.Tensor:
-        inputs, labels = batch
-        with tf.GradientTape() as tape:
-            loss = tf.reduce_mean(graded_bce(labels, teacher(inputs, training=True)))
-            if teacher.losses:
-                loss += tf.add_n(teacher.losses)
-        variables = teacher.trainable_variables
-        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
-        return loss
+    step = make_train_step(
+        teacher, optimizer, lambda batch: tf.reduce_mean(graded_bce(batch[1], teacher(batch[0], training=True)))
+    )
 
     def make_dataset(epoch: int) -> tf.data.Dataset:
         order = np.random.default_rng([seed, epoch]).permutation(len(pairs))
@@ -403,15 +396,7 @@ def train_two_tower(
             cache_dir=(directory / name / "mined") if directory is not None else None,
         )
 
-    @tf.function
-    def step(batch: dict) -> tf.Tensor:
-        with tf.GradientTape() as tape:
-            loss = model.compute_loss(batch, training=True)
-            if model.losses:
-                loss += tf.add_n(model.losses)
-        variables = model.trainable_variables
-        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
-        return loss
+    step = make_train_step(model, optimizer, lambda batch: model.compute_loss(batch, training=True))
 
     def make_dataset(epoch: int) -> tf.data.Dataset:
         order = np.random.default_rng([seed, epoch]).permutation(len(query_index))
