@@ -147,7 +147,7 @@ def run_stage(
         bar = tqdm(
             batches,
             desc=f"{name} epoch {epoch + 1}/{epochs}",
-            disable=not show_progress,
+            disable=True if not show_progress else None,  # None: no bar when stderr is not a terminal
             leave=False,
             initial=skip,
         )
