@@ -21,7 +21,7 @@ import pandas as pd
 from cascade.metrics import PAD, mean_metric, ndcg_at_k, recall_at_k
 from distill.mining import student_top_k
 from distill.trainer import CascadeConfig, TrainedCascade, train_cascade
-from features import ITEM_ID, REQUEST_ID, Dataset, Split, build_queries, temporal_leave_last_out
+from features import ITEM_ID, REQUEST_ID, USER_ID, Dataset, Split, build_queries, temporal_leave_last_out
 from ranking import flops_per_pair, full_rank, score_lists
 from retrieval import embed_catalog
 
@@ -63,7 +63,13 @@ def held_out_requests(
         max_queries: Sample at most this many requests (seeded); ``None`` for all.
         seed: Sampling seed.
     """
-    key = events[REQUEST_ID].to_numpy() if dataset.schema.has_request_id else events.index.to_numpy()
+    # One relevant entry per (request, item): a request that logged an item twice keeps its best label.
+    events = events.sort_values("label", ascending=False, kind="stable")
+    if dataset.schema.has_request_id:
+        events = events.drop_duplicates([USER_ID, REQUEST_ID, ITEM_ID])
+        key = pd.MultiIndex.from_arrays([events[USER_ID].to_numpy(), events[REQUEST_ID].to_numpy()])
+    else:
+        key = events.index.to_numpy()
     codes, _ = pd.factorize(key)
     order = np.argsort(codes, kind="stable")
     starts = np.flatnonzero(np.r_[True, codes[order][1:] != codes[order][:-1]])
@@ -129,7 +135,10 @@ def evaluate_models(
         rankings[name] = np.asarray(fn())[:, :k]
         seconds[name] = time.perf_counter() - start
 
-    popularity = trained.encoders.item_popularity[catalog[ITEM_ID]]
+    # Items in an OOV bucket share the bucket's summed count: they are not popular, they are unknown.
+    vocab = np.asarray(catalog[ITEM_ID])
+    known = vocab > trained.encoders.item_ids.num_oov_buckets
+    popularity = np.where(known, trained.encoders.item_popularity[vocab], 0)
     top_popular = np.argsort(-popularity, kind="stable")[:k]
     timed("popularity", lambda: np.broadcast_to(top_popular, (len(held_out), k)))
     timed("teacher", lambda: full_rank(trained.teacher, queries, catalog, k=k).item_rows)

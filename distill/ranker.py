@@ -64,13 +64,16 @@ class RankingLists:
 
 
 def group_pairs_into_lists(query_index: np.ndarray, item_rows: np.ndarray, labels: np.ndarray, *, max_size: int):
-    """Groups labelled pairs by query into padded lists, keeping the first ``max_size`` pairs of each query.
+    """Groups labelled pairs by query into padded lists of at most ``max_size`` pairs, best labels first.
+
+    Within a query, pairs are ordered by label (highest first, ties in input order), so truncation drops
+    negatives before positives.
 
     Returns:
         ``(queries [num_lists], rows [num_lists, size], labels [num_lists, size], num_truncated)`` with
         ``size = min(max_size, longest list)``; pairs beyond ``max_size`` are counted, not kept.
     """
-    order = np.argsort(query_index, kind="stable")
+    order = np.lexsort((-np.asarray(labels, dtype=np.float64), query_index))
     q = query_index[order]
     starts = np.flatnonzero(np.r_[True, q[1:] != q[:-1]])
     counts = np.diff(np.r_[starts, len(q)])

@@ -28,7 +28,7 @@ import os
 import shutil
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -189,6 +189,28 @@ def _positive_pairs(pairs: LabelledPairs, dataset: Dataset) -> tuple[np.ndarray,
     return pairs.query_index[positive], pairs.item_rows[positive]
 
 
+class _UserPositives:
+    """Every (user, item) training positive, to keep a user's own purchases out of mined negatives.
+
+    Data without request ids make every row its own request, so checking a candidate against its request alone
+    would let a retriever's top items — often the user's other purchases — become negatives.
+    Users are identified by their encoded id (users sharing an OOV bucket share exclusions: stricter, not
+    looser).
+    """
+
+    def __init__(self, pairs: LabelledPairs, dataset: Dataset, num_items: int) -> None:
+        query_index, rows = _positive_pairs(pairs, dataset)
+        self.num_items = num_items
+        self.query_users = np.asarray(pairs.queries["user_id"], dtype=np.int64)
+        self.keys = np.unique(self.query_users[query_index] * num_items + rows)
+
+    def mask(self, query_index: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        """``[n, c]`` True where ``candidates[i, j]`` is a training positive of query ``query_index[i]``'s user."""
+        keys = self.query_users[query_index][:, None] * self.num_items + candidates
+        found = np.searchsorted(self.keys, keys).clip(0, max(len(self.keys) - 1, 0))
+        return (candidates != PAD) & (self.keys[found] == keys) if len(self.keys) else np.zeros(keys.shape, bool)
+
+
 def _gather(features: Mapping[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
     return {k: np.asarray(v)[rows] for k, v in features.items()}
 
@@ -220,6 +242,7 @@ def add_retrieved_negatives(
     )
     logged = logged[np.searchsorted(list_queries, requests)]
     allowed = ~(top[:, :, None] == logged[:, None, :]).any(axis=2)
+    allowed &= ~_UserPositives(pairs, dataset, num_items).mask(requests, top)
     drawn = sample_columns(top, allowed, per_query, np.random.default_rng([seed, 7])).reshape(-1)
     query_index = np.repeat(requests, per_query)
     keep = drawn != PAD
@@ -269,6 +292,28 @@ def train_teacher(
     return teacher, result
 
 
+def _fit_to_catalog(config: MiningConfig, num_items: int) -> MiningConfig:
+    """The mining window shrunk to a catalog smaller than ``config.top_k`` (small shops, tests)."""
+    if num_items >= config.top_k:
+        return config
+    window_end = min(config.window_end, num_items)
+    window_start = min(config.window_start, window_end - 1)
+    logger.info(
+        "mining: catalog of %d items < top_k=%d; window shrunk to [%d, %d)",
+        num_items,
+        config.top_k,
+        window_start,
+        window_end,
+    )
+    return replace(
+        config,
+        top_k=num_items,
+        window_end=window_end,
+        window_start=window_start,
+        num_student_top=min(config.num_student_top, window_start),
+    )
+
+
 class _Miner:
     """Re-mines the two-tower's candidate lists every ``refresh_every`` epochs, cached on disk for resumes."""
 
@@ -282,11 +327,15 @@ class _Miner:
         catalog: Mapping[str, np.ndarray],
         config: MiningConfig,
         *,
+        user_positives: _UserPositives,
         seed: int,
         cache_dir: Path | None,
     ) -> None:
         self.model, self.teacher, self.queries, self.catalog = model, teacher, queries, catalog
-        self.query_index, self.positive_rows, self.config, self.seed = query_index, positive_rows, config, seed
+        num_items = len(next(iter(catalog.values())))
+        self.query_index, self.positive_rows, self.seed = query_index, positive_rows, seed
+        self.config = _fit_to_catalog(config, num_items)
+        self.user_positives = user_positives
         self.cache_dir = cache_dir
         self.lists: CandidateLists | None = None
         self.mined_at = -1
@@ -313,6 +362,7 @@ class _Miner:
         query_emb = embed_catalog(self.model.query_tower, self.queries)
         top_rows, _ = student_top_k(query_emb, item_emb, min(self.config.top_k, num_items))
         pair_top = top_rows[self.query_index]
+        pair_top = np.where(self.user_positives.mask(self.query_index, pair_top), PAD, pair_top)
 
         def teacher_scores(rows: np.ndarray) -> np.ndarray:
             query_rows = self.query_index
@@ -392,6 +442,7 @@ def train_two_tower(
             positive_rows,
             catalog,
             stage.mining,
+            user_positives=_UserPositives(pairs, dataset, num_items),
             seed=seed,
             cache_dir=(directory / name / "mined") if directory is not None else None,
         )
@@ -428,6 +479,7 @@ def train_two_tower(
 
 def build_ranking_lists(
     pairs: LabelledPairs,
+    dataset: Dataset,
     two_tower: DistilledTwoTowerModel,
     catalog: Mapping[str, np.ndarray],
     stage: StudentStage,
@@ -445,12 +497,15 @@ def build_ranking_lists(
     item_emb = embed_catalog(two_tower.item_tower, catalog)
     query_emb = embed_catalog(two_tower.query_tower, _gather(pairs.queries, queries))
     candidates, _ = student_top_k(query_emb, item_emb, min(stage.retrieval_depth, num_items))
+    # The user's positives from other requests are not negatives of this one.
+    candidates = np.where(_UserPositives(pairs, dataset, num_items).mask(queries, candidates), PAD, candidates)
     return append_candidates(lists, candidates, limit=stage.num_retrieved)
 
 
 def train_student(
     mode: str,
     pairs: LabelledPairs,
+    dataset: Dataset,
     encoders: FeatureEncoders,
     catalog: dict[str, np.ndarray],
     teacher: TeacherRanker,
@@ -464,7 +519,7 @@ def train_student(
     """Trains one ranking student (``mode`` is ``"distilled"`` or ``"label_only"``) on per-request lists."""
     keras.utils.set_random_seed(seed)
     weights = stage.distilled if mode == "distilled" else RankerLossWeights(label_weight=1.0)
-    lists = build_ranking_lists(pairs, two_tower, catalog, stage)
+    lists = build_ranking_lists(pairs, dataset, two_tower, catalog, stage)
     if weights.uses_teacher:
         scores = score_lists(teacher, _gather(pairs.queries, lists.query_index), lists.item_rows, catalog)
         lists.teacher_scores = np.where(lists.item_rows == PAD, -np.inf, scores).astype(np.float32)
@@ -571,6 +626,7 @@ def train_cascade(
         students[mode], result = train_student(
             mode,
             pairs,
+            dataset,
             encoders,
             catalog,
             teacher,

@@ -71,3 +71,23 @@ def test_vectorized_equals_naive_loop() -> None:
 def test_bad_k_is_named() -> None:
     with pytest.raises(ValueError, match=r"`k` should be an integer in \[1, 2\]. Received: k=3"):
         recall_at_k(np.zeros((1, 2), dtype=int), np.zeros((1, 1), dtype=int), 3)
+
+
+def test_held_out_requests_group_by_user_and_request_and_dedupe(tiny_shop) -> None:
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    import features
+    from cascade.train import held_out_requests
+
+    split = features.temporal_leave_last_out(tiny_shop)
+    encoders = features.FeatureEncoders.fit(tiny_shop, split.train)
+    trained = SimpleNamespace(encoders=encoders, config=SimpleNamespace(encoders=encoders.config))
+    # Two users' test rows share one request id, and one item is logged twice (the second time bought).
+    test = split.test.assign(request_id=4)
+    doubled = pd.concat([test, test.iloc[[0]].assign(label=3)])
+    held = held_out_requests(trained, tiny_shop, doubled, max_queries=None)
+    assert len(held) == 2  # one query per (user, request), not one per request id
+    assert (held.relevant_rows >= 0).sum() == 2  # one relevant entry per (request, item)
+    assert held.relevant_gains.max() == 3  # the better label of the duplicated item is kept

@@ -100,3 +100,37 @@ def test_teacher_denoises_candidates_scored_above_the_positive(ranking) -> None:
 def test_config_errors(kwargs, message) -> None:
     with pytest.raises(ValueError, match=message):
         MiningConfig(**kwargs)
+
+
+def test_user_positives_and_small_catalogs() -> None:
+    from distill.trainer import _fit_to_catalog, _UserPositives
+    from ranking import LabelledPairs
+
+    # Two requests of user 7 (rows 3 and 5 bought), one of user 9 (row 4 bought); row 6 only shown to user 9.
+    pairs = LabelledPairs(
+        queries={"user_id": np.array([7, 7, 9], dtype=np.int32)},
+        query_index=np.array([0, 1, 2, 2]),
+        item_rows=np.array([3, 5, 4, 6]),
+        labels=np.array([1.0, 1.0, 1.0, 0.0], dtype=np.float32),
+        is_sampled=np.zeros(4, dtype=bool),
+    )
+
+    class _Schema:
+        label = __import__("features").LabelSpec(kind="implicit")
+
+    class _Dataset:
+        schema = _Schema()
+
+    positives = _UserPositives(pairs, _Dataset(), num_items=10)
+    candidates = np.array([[5, 4, 6, PAD], [3, 5, 4, 6], [3, 4, 6, 5]])
+    # Request 0 must not take row 5 (user 7 bought it in request 1) as a negative; user 9's purchase is fine.
+    np.testing.assert_array_equal(
+        positives.mask(np.array([0, 1, 2]), candidates),
+        [[True, False, False, False], [True, True, False, False], [False, True, False, False]],
+    )
+    config = MiningConfig()  # top_k 100, window [5, 100)
+    small = _fit_to_catalog(config, num_items=60)
+    assert (small.top_k, small.window_start, small.window_end) == (60, 5, 60)
+    tiny = _fit_to_catalog(config, num_items=4)
+    assert (tiny.top_k, tiny.window_start, tiny.window_end, tiny.num_student_top) == (4, 3, 4, 2)
+    assert _fit_to_catalog(config, num_items=1000) is config
