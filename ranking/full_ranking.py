@@ -274,9 +274,13 @@ def _scorer(model: keras.Model) -> Callable:
     if model not in _SCORERS:
         specs = model.input_specs()
 
+        # The cached function must not hold the model itself, or the weak key would never die: it holds a
+        # weak reference, so a model that is dropped frees its compiled scorer too.
+        model_ref = weakref.ref(model)
+
         @tf.function(input_signature=[specs["query"], specs["item"]], autograph=False)
         def score(query: dict[str, tf.Tensor], item: dict[str, tf.Tensor]) -> tf.Tensor:
-            return model({"query": query, "item": item}, training=False)
+            return model_ref()({"query": query, "item": item}, training=False)
 
         _SCORERS[model] = score
     return _SCORERS[model]

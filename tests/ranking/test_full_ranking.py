@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import tensorflow as tf
+import tf_keras as keras
 
 from ranking import FullRanker, TeacherConfig, TeacherRanker, full_rank, score_lists, score_pairs
 
@@ -87,3 +89,31 @@ def test_errors(trained_teacher, trained_student, shop_data, queries) -> None:
         full_rank(teacher, queries, shop_data.items, k=0)
     with pytest.raises(ValueError, match=r"The query features should hold \['history'\]"):
         full_rank(teacher, {k: v for k, v in queries.items() if k != "history"}, shop_data.items)
+
+
+def test_scorer_cache_does_not_keep_models_alive() -> None:
+    import gc
+    import weakref
+
+    from ranking import full_ranking
+
+    class _Tiny(keras.Model):
+        def __init__(self) -> None:
+            super().__init__()
+            self.dense = keras.layers.Dense(1)
+
+        def input_specs(self):
+            spec = tf.TensorSpec([None], tf.float32)
+            return {"query": {"q": spec}, "item": {"i": spec}}
+
+        def call(self, inputs, training=False):
+            x = tf.stack([inputs["query"]["q"], inputs["item"]["i"]], axis=1)
+            return self.dense(x)[:, 0]
+
+    model = _Tiny()
+    scores = full_ranking.score_pairs(model, {"q": np.ones(3, np.float32)}, {"i": np.zeros(3, np.float32)})
+    assert scores.shape == (3,)
+    ref = weakref.ref(model)
+    del model
+    gc.collect()
+    assert ref() is None
