@@ -3,6 +3,9 @@
 Commands:
     cascade demo                      the main job on the built-in synthetic shop
     cascade train --out DIR           train teacher and students (distilled, label-only), evaluate them
+    cascade build-index --model DIR --items FILE --out DIR   embed the catalog, build the FAISS index bundle
+    cascade update-index --index DIR --out DIR [--add FILE] [--remove FILE] [--replace FILE]
+    cascade search --index DIR --user ID [--query TEXT]       search a bundle; a readable table or --json
     cascade data synth --out DIR      write a synthetic shop (Parquet tables + spec.toml + hidden truth)
     cascade data inspect PATH         describe a data set: counts, column types, coverage, problems found
     cascade data inspect --spec FILE
@@ -254,6 +257,144 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_build_index(args: argparse.Namespace) -> int:
+    import tomllib
+
+    from index import BuildConfig, IndexConfig, build_index
+
+    try:
+        config = BuildConfig()
+        if args.config is not None:
+            config = BuildConfig.from_dict(tomllib.loads(args.config.read_text(encoding="utf-8")))
+        if args.factory is not None or args.mode is not None:
+            index_config = config.index
+            if args.factory is not None:
+                index_config = IndexConfig.from_dict({**index_config.to_dict(), "factory": args.factory})
+            config = BuildConfig.from_dict(
+                {**config.to_dict(), "index": index_config.to_dict(), "mode": args.mode or config.mode}
+            )
+    except (ValueError, FileNotFoundError, tomllib.TOMLDecodeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    start = time.perf_counter()
+    try:
+        manifest = build_index(
+            args.model, args.items, args.out, config, users=args.users, overwrite=args.overwrite, progress=True
+        )
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    index = manifest.index
+    params = ", ".join(f"{k} {index[k]}" for k in ("nprobe", "ef_search") if index.get(k) is not None)
+    print(
+        f"built {args.out} in {time.perf_counter() - start:.1f}s: {manifest.items['num_active']} items, "
+        f"{manifest.embedding_dim}-d, FAISS {index['factory']}" + (f" ({params})" if params else "")
+    )
+    return 0
+
+
+def _cmd_update_index(args: argparse.Namespace) -> int:
+    from index import update_index
+    from index.build import read_items
+
+    try:
+        add = read_items(args.add)[0] if args.add else None
+        replace = read_items(args.replace)[0] if args.replace else None
+        remove = None
+        if args.remove:
+            table = read_items(args.remove)[0]
+            if "item_id" not in table.columns:
+                raise ValueError(f"`--remove` {args.remove} should have an item_id column. Received: {list(table)}")
+            remove = table["item_id"].tolist()
+        manifest = update_index(args.index, args.out, add=add, remove=remove, replace=replace, overwrite=args.overwrite)
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(
+        f"updated {args.index} -> {args.out}: {manifest.items['num_active']} items "
+        f"(+{0 if add is None else len(add)} added, -{0 if remove is None else len(remove)} removed, "
+        f"{0 if replace is None else len(replace)} replaced)"
+    )
+    return 0
+
+
+def _parse_scalar(text: str) -> object:
+    """A CLI value: an int when it looks like one (ids, context values), else the string."""
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    from index import ManifestError, Query, Searcher
+
+    try:
+        searcher = Searcher.load(args.index)
+    except (ValueError, FileNotFoundError, ManifestError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    id_kind = searcher.encoders.user_ids.kind
+    user = None if args.user is None else (_parse_scalar(args.user) if id_kind == "int" else args.user)
+    item_kind = searcher.encoders.item_ids.kind
+    history = [
+        (_parse_scalar(h) if item_kind == "int" else h) for h in (args.history.split(",") if args.history else [])
+    ]
+    context = {}
+    for pair in args.context or []:
+        name, _, value = pair.partition("=")
+        context[name] = _parse_scalar(value)
+    filters: dict[str, object] = {}
+    for pair in args.filter or []:
+        name, _, value = pair.partition("=")
+        kind = searcher.filter_fields.get(name)
+        if kind == "numeric" and ".." in value:
+            low, _, high = value.partition("..")
+            filters[name] = (float(low) if low else None, float(high) if high else None)
+        elif kind == "numeric":
+            filters[name] = float(value)
+        else:
+            filters[name] = value.split("|")
+    try:
+        query = Query(user_id=user, text=args.query or "", history=history, context=context)
+        results = searcher.search(
+            query,
+            k=args.k,
+            num_candidates=max(args.num_candidates, args.k),
+            filters=filters or None,
+            rerank=not args.no_rerank,
+        )
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    table = searcher.describe(results, 0)
+    if args.json:
+        records = json.loads(table.to_json(orient="records", force_ascii=False))
+        print(
+            json.dumps(
+                {
+                    "query": {
+                        "user_id": user,
+                        "text": args.query or "",
+                        "history": history,
+                        "context": context,
+                        "filters": {k: list(v) if isinstance(v, tuple) else v for k, v in filters.items()},
+                    },
+                    "results": records,
+                },
+                indent=2,
+                ensure_ascii=False,
+                default=str,
+            )
+        )
+        return 0
+    columns = ["rank", "item_id"] + [c for c in ("title", "category_leaf", "category", "brand", "price") if c in table]
+    rows = [[row[c] for c in columns] + [row["score"]] for _, row in table.iterrows()]
+    print(f"user {user!r}, query {args.query or ''!r}: {len(rows)} results")
+    print(_format_table([*columns, "score"], rows))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cascade",
@@ -284,6 +425,43 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     train.add_argument("--max-eval-queries", type=_positive_int, default=2000, help="held-out requests to evaluate")
     train.set_defaults(func=_cmd_train)
+
+    build = commands.add_parser("build-index", help="embed a catalog and build the FAISS index bundle")
+    build.add_argument(
+        "--model", type=Path, required=True, help="models folder written by 'cascade train' (<out>/models)"
+    )
+    build.add_argument("--items", type=Path, required=True, help="item table (.parquet/.csv) or a data set folder")
+    build.add_argument("--out", type=Path, required=True, help="bundle folder to create")
+    build.add_argument("--factory", default=None, help="FAISS factory string, e.g. Flat, HNSW32, IVF4096,Flat")
+    build.add_argument("--config", type=Path, default=None, help="TOML build config (mode, [index] table)")
+    build.add_argument("--mode", choices=["distilled", "label_only"], default=None, help="which students serve")
+    build.add_argument("--users", type=Path, default=None, help="user table (.parquet/.csv) for user attributes")
+    build.add_argument("--overwrite", action="store_true", help="replace an existing bundle (atomically)")
+    build.set_defaults(func=_cmd_build_index)
+
+    update = commands.add_parser("update-index", help="add, remove or replace items of a bundle (no rebuild)")
+    update.add_argument("--index", type=Path, required=True, help="bundle folder to update")
+    update.add_argument("--out", type=Path, required=True, help="folder of the updated bundle")
+    update.add_argument("--add", type=Path, default=None, help="table of new items (.parquet/.csv)")
+    update.add_argument("--remove", type=Path, default=None, help="table with an item_id column of items to remove")
+    update.add_argument("--replace", type=Path, default=None, help="table of changed items (re-embedded)")
+    update.add_argument("--overwrite", action="store_true", help="replace an existing --out (atomically)")
+    update.set_defaults(func=_cmd_update_index)
+
+    search = commands.add_parser("search", help="search an index bundle")
+    search.add_argument("--index", type=Path, required=True, help="bundle folder written by build-index")
+    search.add_argument("--user", default=None, help="user id (omit for an anonymous user)")
+    search.add_argument("--query", default="", help="query text")
+    search.add_argument("--history", default=None, help="recent item ids, most recent first, comma-separated")
+    search.add_argument("--context", action="append", metavar="NAME=VALUE", help="request context (repeatable)")
+    search.add_argument(
+        "--filter", action="append", metavar="FIELD=VALUE", help="FIELD=a|b (any of), FIELD=LOW..HIGH (numeric)"
+    )
+    search.add_argument("-k", type=_positive_int, default=10, help="results (default 10)")
+    search.add_argument("--num-candidates", type=_positive_int, default=200, help="candidates re-ranked")
+    search.add_argument("--no-rerank", action="store_true", help="first-stage results only")
+    search.add_argument("--json", action="store_true", help="print JSON for machines")
+    search.set_defaults(func=_cmd_search)
 
     data = commands.add_parser("data", help="data sets: generate and inspect")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")

@@ -1,5 +1,34 @@
-"""The FAISS build-index job, the artifact bundle and its manifest, and the query-time `Searcher`."""
+"""The FAISS build-index job, the artifact bundle and its manifest, and the query-time `Searcher`.
+
+Importing this package does not import TensorFlow: a query process needs only numpy, pandas and FAISS
+(`build_index` imports TensorFlow when it runs, to read the trained models).
+"""
 
 import features  # noqa: F401  (selects Keras 2 before anything can touch tf.keras)
+from index.ann import AnnIndex, IndexConfig, default_factory, exact_search
+from index.build import BuildConfig, build_index
+from index.bundle import Manifest, ManifestError, read_manifest
+from index.numpy_models import NumpyStudent, NumpyTower
+from index.searcher import MAX_K, PAD_INT_ID, PAD_SLOT, PAD_STR_ID, Query, Searcher, SearchResults, update_index
 
-__all__: list[str] = []
+__all__ = [
+    "MAX_K",
+    "PAD_INT_ID",
+    "PAD_SLOT",
+    "PAD_STR_ID",
+    "AnnIndex",
+    "BuildConfig",
+    "IndexConfig",
+    "Manifest",
+    "ManifestError",
+    "NumpyStudent",
+    "NumpyTower",
+    "Query",
+    "SearchResults",
+    "Searcher",
+    "build_index",
+    "default_factory",
+    "exact_search",
+    "read_manifest",
+    "update_index",
+]
