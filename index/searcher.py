@@ -64,6 +64,7 @@ from index.bundle import (
     write_manifest,
 )
 from index.numpy_models import NumpyStudent, NumpyTower
+from index.query_encoder import QueryEncoder
 
 logger = logging.getLogger(__name__)
 
@@ -206,6 +207,7 @@ class Searcher:
         self._student_items = student_items
         self._users = users
         self._user_index = pd.Index(users[USER_ID]) if users is not None else None
+        self._query_encoder = QueryEncoder(encoders, users)
         self._filters: dict[str, _Filter] = {}
         self._lock = _ReadWriteLock()
         self._id_kind = manifest.items.get("id_kind", encoders.item_ids.kind)
@@ -249,7 +251,7 @@ class Searcher:
         if active.dtype != np.bool_:
             raise ManifestError(f"{directory / ACTIVE_FILE} should hold booleans. Received dtype {active.dtype}")
         _expect(directory / ACTIVE_FILE, "active entries", int(active.sum()), "manifest items.num_active", num_active)
-        embeddings = _load_npy(directory / EMBEDDINGS_FILE, mmap=True)
+        embeddings = np.asarray(_load_npy(directory / EMBEDDINGS_FILE, mmap=True))
         if embeddings.ndim != 2:
             raise ManifestError(f"{directory / EMBEDDINGS_FILE} should be 2-D. Received shape {embeddings.shape}")
         _expect(directory / EMBEDDINGS_FILE, "rows", embeddings.shape[0], f"{ITEMS_FILE} rows", num_slots)
@@ -267,7 +269,7 @@ class Searcher:
         for path in sorted((directory / STUDENT_ITEMS_DIR).glob("*.npy")):
             array = _load_npy(path, mmap=True)
             _expect(path, "rows", array.shape[0], f"{ITEMS_FILE} rows", num_slots)
-            student_items[path.stem] = array
+            student_items[path.stem] = np.asarray(array)  # a plain view of the mapping: no memmap per slice
         student_items = _trim_tokens(student_items)
 
         factory = manifest.index.get("factory")
@@ -534,7 +536,10 @@ class Searcher:
         active_slots = np.flatnonzero(self._active)
         self._active_count = len(active_slots)
         self._active_slots = active_slots
-        self._id_index = pd.Index(self._items[ITEM_ID].to_numpy()[active_slots])
+        self._ids = self._items[ITEM_ID].to_numpy()
+        if self._id_kind == "str":
+            self._ids = self._ids.astype(object)
+        self._id_index = pd.Index(self._ids[active_slots])
         self._slot_of = active_slots
         self._all_active = self._active_count == len(self._active)
         self._filters = {}
@@ -571,26 +576,72 @@ class Searcher:
         self._reindex()
 
     def _encode(self, queries: Query | Sequence[Query] | QueryBatch) -> dict[str, np.ndarray]:
-        batch = queries if isinstance(queries, QueryBatch) else self._query_batch(queries)
-        if len(batch) == 0:
+        if isinstance(queries, QueryBatch):
+            if len(queries) == 0:
+                raise ValueError("`queries` should hold at least one query. Received: an empty batch")
+            try:
+                return self.encoders.encode_queries(queries)
+            except ValueError as e:
+                raise ValueError(f"`queries` do not fit the encoders: {e}") from e
+        query_list = _as_query_list(queries)
+        if not query_list:
             raise ValueError("`queries` should hold at least one query. Received: an empty batch")
+        self._validate(query_list)
         try:
-            encoded = self.encoders.encode_queries(batch)
+            encoded = self._query_encoder.encode(query_list)
         except ValueError as e:
             raise ValueError(f"`queries` do not fit the encoders: {e}") from e
-        if not isinstance(queries, QueryBatch):
-            anonymous = np.array([q.user_id is None for q in _as_query_list(queries)])
-            if anonymous.any():
-                # Anonymous users take the first out-of-vocabulary bucket, which id dropout trained as "unknown".
-                encoded["user_id"] = np.where(anonymous, 1, encoded["user_id"]).astype(np.int32)
+        anonymous = [i for i, q in enumerate(query_list) if q.user_id is None]
+        if anonymous:
+            # Anonymous users take the first out-of-vocabulary bucket, which id dropout trained as "unknown".
+            encoded["user_id"][anonymous] = 1
         return encoded
 
+    def _validate(self, queries: list[Query]) -> None:
+        """Checks every field of every query, naming the first bad one (kinds, unknown columns)."""
+        user_kind = self.encoders.user_ids.kind
+        item_kind = self.encoders.item_ids.kind
+        context_columns = self.encoders.context
+        attribute_columns = {*self.encoders.user_categorical, *self.encoders.user_normalizers}
+        for i, q in enumerate(queries):
+            if q.user_id is not None and not _is_kind(q.user_id, user_kind):
+                raise ValueError(
+                    f"`queries[{i}].user_id` should be a {user_kind} id like the training data's. Received: "
+                    f"{q.user_id!r}"
+                )
+            if not isinstance(q.text, str):
+                raise ValueError(f'`queries[{i}].text` should be a string ("" for none). Received: {q.text!r}')
+            if isinstance(q.history, str | bytes | Mapping) or not isinstance(q.history, Sequence | np.ndarray):
+                raise ValueError(f"`queries[{i}].history` should be a sequence of item ids. Received: {q.history!r}")
+            for j, item in enumerate(q.history):
+                if not _is_kind(item, item_kind):
+                    raise ValueError(f"`queries[{i}].history[{j}]` should be a {item_kind} item id. Received: {item!r}")
+            if not isinstance(q.context, Mapping):
+                raise ValueError(f"`queries[{i}].context` should be a mapping. Received: {q.context!r}")
+            for c in q.context:
+                if c not in context_columns:
+                    raise ValueError(
+                        f"`queries[{i}].context` has unknown column(s) {[c]}; the models read {list(context_columns)}"
+                    )
+            if q.user_attributes is not None:
+                if not isinstance(q.user_attributes, Mapping):
+                    raise ValueError(
+                        f"`queries[{i}].user_attributes` should be a mapping. Received: {q.user_attributes!r}"
+                    )
+                unknown = [c for c in q.user_attributes if c not in attribute_columns]
+                if unknown:
+                    raise ValueError(
+                        f"`queries[{i}].user_attributes` has unknown column(s) {unknown}; known: "
+                        f"{sorted(attribute_columns)}"
+                    )
+
     def _query_batch(self, queries: Query | Sequence[Query]) -> QueryBatch:
+        """The same queries as a `features.QueryBatch` (the reference path `QueryEncoder` is tested against)."""
         queries = _as_query_list(queries)
+        self._validate(queries)
         n = len(queries)
         context_columns = list(self.encoders.context)
         attribute_columns = [*self.encoders.user_categorical, *self.encoders.user_normalizers]
-        id_kind = self.encoders.user_ids.kind
         user_ids = np.empty(n, dtype=object)
         texts = np.empty(n, dtype=object)
         width = max([len(q.history) for q in queries] + [1])
@@ -598,38 +649,15 @@ class Searcher:
         lengths = np.zeros(n, dtype=np.int32)
         context = {c: np.empty(n, dtype=object) for c in context_columns}
         for i, q in enumerate(queries):
-            if q.user_id is not None and not _is_kind(q.user_id, id_kind):
-                raise ValueError(
-                    f"`queries[{i}].user_id` should be a {id_kind} id like the training data's. Received: {q.user_id!r}"
-                )
             user_ids[i] = q.user_id
-            if q.text is None or not isinstance(q.text, str):
-                raise ValueError(f'`queries[{i}].text` should be a string ("" for none). Received: {q.text!r}')
             texts[i] = q.text
-            hist = list(q.history) if not isinstance(q.history, str | bytes) else None
-            if hist is None:
-                raise ValueError(f"`queries[{i}].history` should be a sequence of item ids. Received: {q.history!r}")
-            for j, item in enumerate(hist):
-                if not _is_kind(item, self.encoders.item_ids.kind):
-                    raise ValueError(
-                        f"`queries[{i}].history[{j}]` should be a {self.encoders.item_ids.kind} item id. Received: "
-                        f"{item!r}"
-                    )
-            history[i, : len(hist)] = hist
-            lengths[i] = len(hist)
-            if not isinstance(q.context, Mapping):
-                raise ValueError(f"`queries[{i}].context` should be a mapping. Received: {q.context!r}")
-            unknown = [c for c in q.context if c not in context]
-            if unknown:
-                raise ValueError(
-                    f"`queries[{i}].context` has unknown column(s) {unknown}; the models read {context_columns}"
-                )
+            history[i, : len(q.history)] = list(q.history)
+            lengths[i] = len(q.history)
             for c in context_columns:
                 context[c][i] = q.context.get(c)
         known_users = np.array([u is not None for u in user_ids])
-        if id_kind == "int":
+        if self.encoders.user_ids.kind == "int":
             user_column = np.where(known_users, user_ids, -1).astype(np.int64)
-            # -1 stands for anonymous here; `_encode` maps those rows to the OOV bucket after encoding.
         else:
             user_column = np.where(known_users, user_ids, "").astype(object)
         attributes = self._user_attributes(queries, user_column, known_users, attribute_columns)
@@ -658,11 +686,6 @@ class Searcher:
         for i, q in enumerate(queries):
             if q.user_attributes is None:
                 continue
-            if not isinstance(q.user_attributes, Mapping):
-                raise ValueError(f"`queries[{i}].user_attributes` should be a mapping. Received: {q.user_attributes!r}")
-            unknown = [c for c in q.user_attributes if c not in out]
-            if unknown:
-                raise ValueError(f"`queries[{i}].user_attributes` has unknown column(s) {unknown}; known: {columns}")
             for c, value in q.user_attributes.items():
                 out[c][i] = value
         for c in self.encoders.user_normalizers:
@@ -701,7 +724,8 @@ class Searcher:
     def _eligible(self, filters: Mapping[str, Any] | None) -> np.ndarray | None:
         """Bool mask over slots of the items that may be returned, or None when every slot may."""
         if filters is None or (isinstance(filters, Mapping) and not filters):
-            return None if self._all_active else self._active
+            # Flat and IVF indexes drop removed vectors; HNSW keeps them, so they are masked.
+            return None if self._all_active or self.ann.supports_removal else self._active
         if not isinstance(filters, Mapping):
             raise ValueError(f"`filters` should be a mapping of field -> condition. Received: {filters!r}")
         fields = self.filter_fields
@@ -788,13 +812,14 @@ class Searcher:
         scores, slots = _compact(scores, slots, num_candidates)
         # Approximate search can come back short under a selective filter: fall back to exact search there.
         found = (slots >= 0).sum(axis=1)
+        base = self._active if eligible is None else eligible
         for i in np.flatnonzero(found < num_candidates):
             ex = excluded[i] if excluded else np.empty(0, dtype=np.int64)
-            allowed = self._active.copy() if eligible is None else eligible.copy()
-            allowed[ex] = False
-            available = int(allowed.sum())
+            available = num_eligible - int(base[ex].sum())  # excluded slots are unique
             if found[i] >= min(num_candidates, available):
                 continue
+            allowed = base.copy()
+            allowed[ex] = False
             row_scores, row_slots = self._exact(query_embeddings[i : i + 1], min(num_candidates, available), allowed)
             scores[i] = -np.inf
             slots[i] = PAD_SLOT
@@ -816,11 +841,11 @@ class Searcher:
             pad = k - top_slots.shape[1]
             top_scores = np.pad(top_scores, ((0, 0), (0, pad)), constant_values=-np.inf)
             top_slots = np.pad(top_slots, ((0, 0), (0, pad)), constant_values=PAD_SLOT)
-        ids = self._items[ITEM_ID].to_numpy()
+        valid = top_slots >= 0
         if self._id_kind == "str":
-            item_ids = np.where(top_slots >= 0, ids.astype(object)[top_slots.clip(0)], PAD_STR_ID)
+            item_ids = np.where(valid, self._ids[top_slots.clip(0)], PAD_STR_ID)
         else:
-            item_ids = np.where(top_slots >= 0, ids[top_slots.clip(0)], PAD_INT_ID).astype(np.int64)
+            item_ids = np.where(valid, self._ids[top_slots.clip(0)], PAD_INT_ID).astype(np.int64)
         return SearchResults(item_ids=item_ids, scores=top_scores, slots=top_slots.astype(np.int64))
 
 
@@ -857,6 +882,8 @@ def _concatenate_rows(old: np.ndarray, new: np.ndarray) -> np.ndarray:
 
 def _compact(scores: np.ndarray, slots: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
     """Moves padding to the end of each row (keeping order) and cuts or pads rows to ``width``."""
+    if slots.shape[1] == width and (slots[:, -1] >= 0).all() and (slots >= 0).all():
+        return scores, slots  # the common case: nothing excluded, nothing missing
     order = np.argsort(slots < 0, axis=1, kind="stable")
     scores = np.take_along_axis(scores, order, axis=1)[:, :width]
     slots = np.take_along_axis(slots, order, axis=1)[:, :width]
