@@ -238,6 +238,7 @@ class Searcher:
         directory = Path(directory)
         manifest = read_manifest(directory)
         verify_files(directory, manifest, checksums=verify_checksums)
+        _check_versions(directory, manifest)
         dim = manifest.embedding_dim
         num_slots = _manifest_int(manifest.items, "num_slots", directory)
         num_active = _manifest_int(manifest.items, "num_active", directory)
@@ -948,6 +949,24 @@ def _as_id_array(values: Any, name: str) -> np.ndarray:
     if len(array) and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in array):
         return array.astype(np.int64)
     return array
+
+
+def _check_versions(directory: Path, manifest: Manifest) -> None:
+    """Warns when the bundle was built with another major.minor FAISS or major numpy (files stay readable)."""
+    import faiss
+
+    current = {"faiss": (faiss.__version__, 2), "numpy": (np.__version__, 1)}
+    for name, (version, parts) in current.items():
+        built = manifest.versions.get(name)
+        if built and built.split(".")[:parts] != version.split(".")[:parts]:
+            logger.warning(
+                "%s was built with %s %s and is loaded with %s %s: rebuild it if searches misbehave",
+                directory,
+                name,
+                built,
+                name,
+                version,
+            )
 
 
 def _manifest_int(section: Mapping[str, Any], key: str, directory: Path) -> int:

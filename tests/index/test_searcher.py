@@ -453,3 +453,31 @@ def test_cli_update_index(trained_shop: TrainedShop, flat_bundle: Path, tmp_path
     assert searcher.items.loc[searcher.active, "title"].eq("renamed item").sum() == 2
     assert Searcher.load(flat_bundle).num_items == len(items)  # the source bundle is untouched
     assert main([*args]) == 1 and "already exists" in capsys.readouterr().err
+
+
+def test_a_query_process_needs_no_tensorflow(flat_bundle: Path) -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from index import Query, Searcher\n"
+        f"s = Searcher.load({str(flat_bundle)!r})\n"
+        "r = s.search(Query(user_id=1, text='chocolate'), k=5)\n"
+        "assert r.valid.all()\n"
+        "print('tensorflow' in sys.modules, 'tf_keras' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["False", "False"]
+
+
+def test_a_bundle_from_another_faiss_version_loads_with_a_warning(
+    flat_bundle: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    bundle = _copy(flat_bundle, tmp_path)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["versions"]["faiss"] = "0.9.0"
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    with caplog.at_level("WARNING"):
+        Searcher.load(bundle)
+    assert "built with faiss 0.9.0" in caplog.text
