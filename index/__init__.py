@@ -9,7 +9,17 @@ from index.ann import AnnIndex, IndexConfig, default_factory, exact_search
 from index.build import BuildConfig, build_index
 from index.bundle import Manifest, ManifestError, read_manifest
 from index.numpy_models import NumpyStudent, NumpyTower
-from index.searcher import MAX_K, PAD_INT_ID, PAD_SLOT, PAD_STR_ID, Query, Searcher, SearchResults, update_index
+from index.searcher import (
+    MAX_K,
+    PAD_INT_ID,
+    PAD_SLOT,
+    PAD_STR_ID,
+    Query,
+    Searcher,
+    SearchResults,
+    queries_from_batch,
+    update_index,
+)
 
 __all__ = [
     "MAX_K",
@@ -29,6 +39,7 @@ __all__ = [
     "build_index",
     "default_factory",
     "exact_search",
+    "queries_from_batch",
     "read_manifest",
     "update_index",
 ]

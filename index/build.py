@@ -222,35 +222,19 @@ def load_serving_models(
     """
     import tensorflow as tf
 
-    from distill.trainer import CascadeConfig
-    from ranking import StudentRanker, load_ranker
-    from retrieval import ItemTower, QueryTower, load_tower
+    from ranking import load_ranker
+    from retrieval import load_tower
 
     model_dir = Path(model_dir)
+    keras_models = restore_keras_models(model_dir, encoders, catalog, mode=mode)
+    student = keras_models["student"]
+    towers = {name: keras_models[name] for name in ("query_tower", "item_tower")}
+    lengths = _sequence_lengths(encoders, catalog)
     paths = {
-        "config": model_dir / "config.json",
         "student": model_dir / f"student_{mode}",
         "query_tower": model_dir / f"two_tower_{mode}" / "query_tower",
         "item_tower": model_dir / f"two_tower_{mode}" / "item_tower",
     }
-    for name, path in paths.items():
-        if not path.exists():
-            raise FileNotFoundError(
-                f"{path} is missing: `model_dir` should be a directory written by save_cascade / `cascade train` "
-                f"with the {mode!r} models ({name})"
-            )
-    config = CascadeConfig.from_dict(json.loads(paths["config"].read_text(encoding="utf-8")))
-
-    student = StudentRanker(encoders, catalog, config.student.model)
-    _restore(tf.train.Checkpoint(model=student), paths["student"])
-    towers = {}
-    lengths = _sequence_lengths(encoders, catalog)
-    for name, cls in (("query_tower", QueryTower), ("item_tower", ItemTower)):
-        tower = cls.from_encoders(encoders, config.two_tower.tower)
-        spec = tower.layout.tensor_spec(sequence_lengths=lengths)
-        tower({k: tf.zeros([1, *s.shape[1:]], s.dtype) for k, s in spec.items()}, training=False)
-        _restore(tf.train.Checkpoint(tower_variables=list(tower.variables)), paths[name])
-        towers[name] = tower
     models = ServingModels(
         query_tower=NumpyTower.from_keras(towers["query_tower"]),
         item_tower=NumpyTower.from_keras(towers["item_tower"]),
@@ -301,6 +285,70 @@ def load_serving_models(
             f"{verify_tolerance}): the model directory and this version of Cascade disagree on the model structure"
         )
     logger.info("numpy serving models match the SavedModels (max abs difference %s)", checks)
+    return models
+
+
+def restore_keras_models(
+    model_dir: str | Path,
+    encoders: FeatureEncoders,
+    catalog: Mapping[str, np.ndarray],
+    *,
+    mode: str = "distilled",
+    teacher: bool = False,
+) -> dict[str, Any]:
+    """The trained Keras models of ``mode`` (and the teacher), rebuilt from ``config.json`` and their SavedModels.
+
+    Args:
+        model_dir: A directory written by `distill.save_cascade`.
+        encoders: Its encoders.
+        catalog: An encoded catalog (fills the cross features' item table before the saved values replace it).
+        mode: ``"distilled"`` or ``"label_only"``.
+        teacher: Whether to restore the teacher too.
+
+    Returns:
+        ``{"student", "query_tower", "item_tower"}`` (and ``"teacher"``) Keras models with the trained weights.
+
+    Raises:
+        FileNotFoundError: When ``model_dir`` lacks one of them.
+        ValueError: When a SavedModel's variables do not match the rebuilt model.
+    """
+    import tensorflow as tf
+
+    from distill.trainer import CascadeConfig
+    from ranking import StudentRanker, TeacherRanker
+    from retrieval import ItemTower, QueryTower
+
+    model_dir = Path(model_dir)
+    paths = {
+        "config": model_dir / "config.json",
+        "student": model_dir / f"student_{mode}",
+        "query_tower": model_dir / f"two_tower_{mode}" / "query_tower",
+        "item_tower": model_dir / f"two_tower_{mode}" / "item_tower",
+    }
+    if teacher:
+        paths["teacher"] = model_dir / "teacher"
+    for name, path in paths.items():
+        if not path.exists():
+            raise FileNotFoundError(
+                f"{path} is missing: `model_dir` should be a directory written by save_cascade / `cascade train` "
+                f"with the {mode!r} models ({name})"
+            )
+    config = CascadeConfig.from_dict(json.loads(paths["config"].read_text(encoding="utf-8")))
+    models: dict[str, Any] = {}
+    student = StudentRanker(encoders, catalog, config.student.model)
+    _restore(tf.train.Checkpoint(model=student), paths["student"])
+    models["student"] = student
+    lengths = _sequence_lengths(encoders, catalog)
+    for name, cls in (("query_tower", QueryTower), ("item_tower", ItemTower)):
+        tower = cls.from_encoders(encoders, config.two_tower.tower)
+        spec = tower.layout.tensor_spec(sequence_lengths=lengths)
+        tower({k: tf.zeros([1, *s.shape[1:]], s.dtype) for k, s in spec.items()}, training=False)
+        _restore(tf.train.Checkpoint(tower_variables=list(tower.variables)), paths[name])
+        models[name] = tower
+    if teacher:
+        model = TeacherRanker(encoders, catalog, config.teacher.model)
+        _restore(tf.train.Checkpoint(model=model), paths["teacher"])
+        models["teacher"] = model
     return models
 
 
@@ -620,4 +668,5 @@ __all__ = [
     "embed_items",
     "load_serving_models",
     "read_items",
+    "restore_keras_models",
 ]

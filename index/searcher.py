@@ -992,6 +992,28 @@ def _load_npy(path: Path, *, mmap: bool = False) -> np.ndarray:
         raise ManifestError(f"{path} is not a readable .npy array: {e}") from e
 
 
+def queries_from_batch(batch: QueryBatch) -> list[Query]:
+    """The rows of a `features.QueryBatch` (e.g. held-out requests) as `Query` objects (user attributes are looked
+    up in the bundle's user table, as for live queries)."""
+    out = []
+    for i in range(len(batch)):
+        user = batch.user_id[i]
+        user = None if user is None or (isinstance(user, float) and np.isnan(user)) else _python_scalar(user)
+        text = batch.query[i]
+        history = [_python_scalar(v) for v in batch.history[i, : int(batch.history_length[i])]]
+        context = {c: _python_scalar(v[i]) for c, v in batch.context.items()}
+        out.append(Query(user_id=user, text=text if isinstance(text, str) else "", history=history, context=context))
+    return out
+
+
+def _python_scalar(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and np.isnan(value):
+        return None
+    return value
+
+
 def update_index(
     index_dir: str | Path,
     out_dir: str | Path,
@@ -1030,4 +1052,14 @@ def update_index(
     return searcher.save(out_dir, overwrite=overwrite)
 
 
-__all__ = ["MAX_K", "PAD_INT_ID", "PAD_SLOT", "PAD_STR_ID", "Query", "SearchResults", "Searcher", "update_index"]
+__all__ = [
+    "MAX_K",
+    "PAD_INT_ID",
+    "PAD_SLOT",
+    "PAD_STR_ID",
+    "Query",
+    "SearchResults",
+    "Searcher",
+    "queries_from_batch",
+    "update_index",
+]

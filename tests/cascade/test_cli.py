@@ -75,11 +75,3 @@ def test_synth_writes_a_shop_that_inspect_and_the_loader_read(tmp_path: Path, ca
     assert main([*args, "--seed", "6"]) == 1
     assert "exists" in capsys.readouterr().err
     assert main([*args, "--seed", "6", "--overwrite"]) == 0
-
-
-def test_demo_runs_every_stage_on_a_tiny_shop(capsys) -> None:
-    assert main(["demo", "--users", "150", "--items", "100", "--interactions", "4000", "--seed", "2"]) == 0
-    out = capsys.readouterr().out
-    for stage in ("[1/4] generated", "[2/4] validated: no problems found", "[3/4] temporal", "[4/4] fitted"):
-        assert stage in out
-    assert "history (" in out and "query_tokens (" in out
