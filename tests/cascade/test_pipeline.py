@@ -153,3 +153,16 @@ def test_bad_run_configs_are_refused(tmp_path: Path, capsys) -> None:
     assert "unknown key(s) ['epoch']" in capsys.readouterr().err
     assert main(["run", "--config", str(tmp_path / "missing.toml")]) == 2
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("name", ["synthetic", "amazon-office", "movielens-100k"])
+def test_the_shipped_configs_parse_and_point_at_the_data(name: str) -> None:
+    from cascade.pipeline import RunConfig
+
+    path = Path(__file__).resolve().parents[2] / "cascade" / "configs" / f"{name}.toml"
+    config = RunConfig.from_toml(path)
+    train, build, evaluate, _ = config.resolved()
+    assert set(train.modes) == {"distilled", "label_only"} and build.mode == "distilled"
+    assert evaluate.num_candidates == 200
+    if name != "synthetic":
+        assert config.data is not None and config.data.startswith("../shared/data/")
