@@ -305,14 +305,14 @@ def test_read_index_without_slot_ids_raises(tmp_path):
 def test_default_factory_thresholds():
     assert default_factory(1_000, 64) == "Flat"
     assert default_factory(50_000, 64) == "Flat"
-    # nlist = 4 sqrt(n) rounded to a multiple of 64: 4 sqrt(50_001) = 894.4 -> 896; 4 sqrt(1e6) = 4000 -> 4032.
-    assert default_factory(50_001, 64) == "IVF896,Flat"
-    assert default_factory(1_000_000, 64) == "IVF4032,Flat"
-    assert default_factory(1_000_000, 64, memory_budget_bytes=256_000_000) == "IVF4032,Flat"  # raw bytes fit
+    # nlist = 2 sqrt(n) rounded to a multiple of 64: 2 sqrt(50_001) = 447.2 -> 448; 2 sqrt(1e6) = 2000 -> 1984.
+    assert default_factory(50_001, 64) == "IVF448,Flat"
+    assert default_factory(1_000_000, 64) == "IVF1984,Flat"
+    assert default_factory(1_000_000, 64, memory_budget_bytes=256_000_000) == "IVF1984,Flat"  # raw bytes fit
     # 1M x 64 x 4 = 256 MB > 100 MB: PQ with m = 64 // 4 = 16 bytes a code, 1M x (16 + 8) = 24 MB fits.
-    assert default_factory(1_000_000, 64, memory_budget_bytes=100_000_000) == "IVF4032,PQ16"
+    assert default_factory(1_000_000, 64, memory_budget_bytes=100_000_000) == "IVF1984,PQ16"
     # 20 MB: m = 8 (1M x (8 + 8) = 16 MB) is the largest divisor of 64 that fits.
-    assert default_factory(1_000_000, 64, memory_budget_bytes=20_000_000) == "IVF4032,PQ8"
+    assert default_factory(1_000_000, 64, memory_budget_bytes=20_000_000) == "IVF1984,PQ8"
     # Small catalogs over budget: 4-bit codebooks train on fewer points; nlist capped at 5_000 // 39 = 128.
     assert default_factory(5_000, 64, memory_budget_bytes=100_000) == "IVF128,PQ16x4"
     with pytest.raises(ValueError, match="too small"):
@@ -322,11 +322,11 @@ def test_default_factory_thresholds():
 
 
 def test_default_nlist_and_nprobe():
-    assert default_nlist(1_000_000) == 4032
-    assert default_nlist(3_000) == 3_000 // 39  # 4 sqrt(3000) = 219 -> 192, capped at 76 lists of >= 39 points
-    # max(ceil(nlist / 256), ceil(4096 nlist / n)), at most nlist:
-    assert default_nprobe(4032, 1_000_000) == max(math.ceil(4032 / 256), math.ceil(4096 * 4032 / 1_000_000)) == 17
-    assert default_nprobe(896, 50_001) == math.ceil(4096 * 896 / 50_001) == 74
+    assert default_nlist(1_000_000) == 1984
+    assert default_nlist(3_000) == 3_000 // 39  # 2 sqrt(3000) = 110 -> 128, capped at 76 lists of >= 39 points
+    # max(ceil(nlist / 256), ceil(8192 nlist / n)), at most nlist:
+    assert default_nprobe(1984, 1_000_000) == max(math.ceil(1984 / 256), math.ceil(8192 * 1984 / 1_000_000)) == 17
+    assert default_nprobe(448, 50_001) == math.ceil(8192 * 448 / 50_001) == 74
     assert default_nprobe(16_384, 16_000_000) == 16_384 // 256 == 64
     assert default_nprobe(32, 3_000) == 32
 

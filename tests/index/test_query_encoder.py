@@ -79,3 +79,18 @@ def test_a_wrong_kind_is_refused_by_the_vocabulary(trained_shop: TrainedShop, fl
     searcher = Searcher.load(flat_bundle)
     with pytest.raises(ValueError, match=r"`queries` do not fit the encoders: .*hour"):
         searcher.search(Query(user_id=1, context={"hour": "noon"}))
+
+
+def test_queries_from_batch_search_like_the_batch(trained_shop: TrainedShop, flat_bundle: Path) -> None:
+    from conftest import held_out_queries
+
+    from index import queries_from_batch
+
+    searcher = Searcher.load(flat_bundle)
+    batch = held_out_queries(trained_shop, n=30)
+    queries = queries_from_batch(batch)
+    assert len(queries) == 30 and all(isinstance(q.user_id, int) for q in queries)
+    a = searcher.search(batch, k=10)
+    b = searcher.search(queries, k=10)
+    np.testing.assert_array_equal(a.item_ids, b.item_ids)
+    np.testing.assert_allclose(a.scores, b.scores, atol=1e-6)
