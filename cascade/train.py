@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cascade.metrics import PAD, mean_metric, ndcg_at_k, recall_at_k
+from cascade.metrics import mean_metric, ndcg_at_k, recall_at_k
 from distill.mining import student_top_k
 from distill.trainer import CascadeConfig, TrainedCascade, train_cascade
-from features import ITEM_ID, REQUEST_ID, USER_ID, Dataset, Split, build_queries, temporal_leave_last_out
+from features import ITEM_ID, Dataset, Split, temporal_leave_last_out
 from ranking import flops_per_pair, full_rank, score_lists
 from retrieval import embed_catalog
 
@@ -63,33 +63,18 @@ def held_out_requests(
         max_queries: Sample at most this many requests (seeded); ``None`` for all.
         seed: Sampling seed.
     """
-    # One relevant entry per (request, item): a request that logged an item twice keeps its best label.
-    events = events.sort_values("label", ascending=False, kind="stable")
-    if dataset.schema.has_request_id:
-        events = events.drop_duplicates([USER_ID, REQUEST_ID, ITEM_ID])
-        key = pd.MultiIndex.from_arrays([events[USER_ID].to_numpy(), events[REQUEST_ID].to_numpy()])
-    else:
-        key = events.index.to_numpy()
-    codes, _ = pd.factorize(key)
-    order = np.argsort(codes, kind="stable")
-    starts = np.flatnonzero(np.r_[True, codes[order][1:] != codes[order][:-1]])
-    counts = np.diff(np.r_[starts, len(order)])
-    chosen = np.arange(len(starts))
-    if max_queries is not None and len(chosen) > max_queries:
-        chosen = np.sort(np.random.default_rng(seed).choice(len(starts), max_queries, replace=False))
-    width = int(counts[chosen].max()) if len(chosen) else 1
+    from cascade.evaluate import sample_requests
+
     row_of = pd.Index(dataset.items[ITEM_ID].to_numpy())
-    item_rows = row_of.get_indexer(events[ITEM_ID].to_numpy())
-    labels = events["label"].to_numpy(dtype=np.float64)
-    relevant = np.full((len(chosen), width), PAD, dtype=np.int64)
-    gains = np.zeros((len(chosen), width), dtype=np.float64)
-    for i, g in enumerate(chosen):
-        members = order[starts[g] : starts[g] + counts[g]]
-        relevant[i, : len(members)] = item_rows[members]
-        gains[i, : len(members)] = labels[members]
-    first_rows = events.iloc[order[starts[chosen]]]
-    queries = build_queries(first_rows, dataset, max_history=trained.config.encoders.max_history)
-    return HeldOut(trained.encoders.encode_queries(queries), relevant, gains)
+    requests = sample_requests(
+        dataset,
+        events,
+        row_of.get_indexer,
+        max_history=trained.config.encoders.max_history,
+        max_queries=max_queries,
+        seed=seed,
+    )
+    return HeldOut(trained.encoders.encode_queries(requests.queries), requests.relevant, requests.gains)
 
 
 def _student_full_rank(student, query_features, catalog, k: int, chunk: int = 64) -> np.ndarray:

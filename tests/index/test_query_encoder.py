@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TrainedShop
+from index_fixtures import TrainedShop
 
 from index import Query, Searcher
 from index.query_encoder import QueryEncoder
@@ -82,7 +82,7 @@ def test_a_wrong_kind_is_refused_by_the_vocabulary(trained_shop: TrainedShop, fl
 
 
 def test_queries_from_batch_search_like_the_batch(trained_shop: TrainedShop, flat_bundle: Path) -> None:
-    from conftest import held_out_queries
+    from index_fixtures import held_out_queries
 
     from index import queries_from_batch
 

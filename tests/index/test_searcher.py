@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import TrainedShop, held_out_queries
+from index_fixtures import TrainedShop, held_out_queries
 
 import index.build
 from index import (
