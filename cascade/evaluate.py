@@ -23,7 +23,6 @@ Rankings are expressed as item *slots* of the bundle (rows of its item table), `
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import time
@@ -646,10 +645,6 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
             "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
         )
     return "\n".join(lines)
-
-
-def load_report(path: str | Path) -> dict[str, Any]:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
 __all__ = [

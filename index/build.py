@@ -15,13 +15,11 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import json
 import logging
 import platform
 import shutil
 import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +35,7 @@ import features
 from features import FeatureEncoders
 from features.schema import ITEM_ID, USER_ID
 from index.ann import AnnIndex, IndexConfig
-from index.bundle import METRIC, FileEntry, Manifest, atomic_directory, write_manifest
+from index.bundle import FileEntry, Manifest, atomic_directory, write_manifest
 from index.numpy_models import NumpyStudent, NumpyTower
 
 logger = logging.getLogger(__name__)
@@ -499,10 +497,7 @@ def build_index(
 
         def make_manifest(files: dict[str, FileEntry]) -> Manifest:
             return Manifest(
-                build_id=uuid.uuid4().hex,
-                created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                 embedding_dim=int(embeddings.shape[1]),
-                metric=METRIC,
                 index=describe_ann(ann),
                 items=describe_items(table, encoders, num_active=len(table)),
                 models=describe_models(models, mode=config.mode),

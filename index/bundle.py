@@ -21,6 +21,7 @@ so the target name never shows a partial build; a failed build removes its tempo
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import logging
@@ -72,14 +73,14 @@ class Manifest:
         parent_build_id: The build this bundle was updated from, if any.
     """
 
-    build_id: str
-    created: str
     embedding_dim: int
-    metric: str
     index: dict[str, Any]
     items: dict[str, Any]
     models: dict[str, Any]
     files: dict[str, FileEntry]
+    build_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    created: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+    metric: str = METRIC
     config: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     parent_build_id: str | None = None

@@ -54,7 +54,6 @@ from index.build import (
     write_parquet,
 )
 from index.bundle import (
-    METRIC,
     FileEntry,
     Manifest,
     ManifestError,
@@ -516,14 +515,8 @@ class Searcher:
             previous = self.manifest
 
             def make_manifest(files: dict[str, FileEntry]) -> Manifest:
-                import datetime as dt
-                import uuid
-
                 return Manifest(
-                    build_id=uuid.uuid4().hex,
-                    created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                     embedding_dim=previous.embedding_dim,
-                    metric=METRIC,
                     index=describe_ann(self.ann),
                     items=describe_items(self._items, self.encoders, num_active=self._active_count),
                     models=previous.models,
@@ -893,7 +886,7 @@ def _concatenate_rows(old: np.ndarray, new: np.ndarray) -> np.ndarray:
 
 def _compact(scores: np.ndarray, slots: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
     """Moves padding to the end of each row (keeping order) and cuts or pads rows to ``width``."""
-    if slots.shape[1] == width and (slots[:, -1] >= 0).all() and (slots >= 0).all():
+    if slots.shape[1] == width and (slots >= 0).all():
         return scores, slots  # the common case: nothing excluded, nothing missing
     order = np.argsort(slots < 0, axis=1, kind="stable")
     scores = np.take_along_axis(scores, order, axis=1)[:, :width]
