@@ -104,7 +104,7 @@ def cascade_config(args: argparse.Namespace) -> Any:
     return CascadeConfig(
         teacher=TeacherStage(
             epochs=1,
-            batch_size=512,
+            batch_size=32,
             negatives_per_query=4,
             retrieved_negatives=4,
             retrieval_depth=20,

@@ -22,6 +22,7 @@ import tensorflow as tf
 
 __all__ = [
     "in_batch_softmax_loss",
+    "label_softmax_loss",
     "listwise_kd_loss",
     "margin_mse_loss",
     "pointwise_kd_loss",
@@ -156,6 +157,50 @@ def listwise_kd_loss(
     num_valid = tf.reduce_sum(tf.cast(valid, tf.int32), axis=-1)
     row_valid = num_valid >= 2
     weights = _element_weights(row_valid, sample_weight, row_losses, "student_scores rows", shape_note="[batch]")
+    return _weighted_mean(row_losses, weights)
+
+
+def label_softmax_loss(
+    scores: tf.Tensor,
+    labels: tf.Tensor,
+    *,
+    mask: tf.Tensor | None = None,
+    sample_weight: tf.Tensor | None = None,
+) -> tf.Tensor:
+    """Listwise softmax cross-entropy of graded labels (a label loss, no teacher): ListNet's top-1 form.
+
+    For each row, over its valid entries only,
+
+        q[j] = y[j] / sum_i y[i],   loss_row = -sum_j q[j] * log_softmax(s)[j].
+
+    It asks the model to put the list's probability mass on its positives, in proportion to their grades, so
+    what it learns is the *order within a request*, where a pointwise loss learns each pair's label on its own.
+    Rows without a positive label (``sum y = 0``) say nothing about order and are left out of the mean.
+
+    Args:
+      scores: `[batch, list_size]` float tensor of model logits.
+      labels: `[batch, list_size]` non-negative graded labels (e.g. targets in `[0, 1]`).
+      mask: Optional `[batch, list_size]` boolean tensor; `False` marks padding.
+      sample_weight: Optional `[batch]` non-negative row weights.
+
+    Returns:
+      Scalar: `sum_r(w_r * loss_r) / sum_r(w_r)` over rows with a positive label; 0 if there are none.
+
+    Raises:
+      ValueError: If a shape does not match.
+    """
+    scores = _as_float(scores)
+    _check_rank(scores, "scores", 2, "[batch, list_size]")
+    labels = tf.cast(labels, scores.dtype)
+    _check_same_shape(labels, "labels", scores, "scores")
+    valid = _valid_mask(mask, scores, "scores")
+    masked_logit = tf.fill(tf.shape(scores), tf.constant(_MASKED_LOGIT, scores.dtype))
+    log_probs = tf.nn.log_softmax(tf.where(valid, scores, masked_logit), axis=-1)
+    gains = tf.where(valid, tf.maximum(labels, 0.0), tf.zeros_like(labels))
+    total = tf.reduce_sum(gains, axis=-1, keepdims=True)
+    targets = tf.math.divide_no_nan(gains, total)
+    row_losses = -tf.reduce_sum(tf.where(valid, targets * log_probs, tf.zeros_like(log_probs)), axis=-1)
+    weights = _element_weights(total[:, 0] > 0, sample_weight, row_losses, "scores rows", shape_note="[batch]")
     return _weighted_mean(row_losses, weights)
 
 

@@ -5,6 +5,7 @@ negatives, and candidates the two-tower student retrieves for it (what the ranke
 labelled 0 unless logged). The loss of one batch of lists::
 
     label_weight * BCE(student, graded targets)                      # both modes
+  + softmax_weight * softmax CE(student, graded targets)             # both modes (`label_softmax_loss`)
   + pointwise_weight * binary KL(teacher ‖ student) at temperature T  # distilled only
   + listwise_weight * KL(softmax(teacher / T) ‖ softmax(student / T)) # distilled only
 
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-from distill.losses import listwise_kd_loss, pointwise_kd_loss
+from distill.losses import label_softmax_loss, listwise_kd_loss, pointwise_kd_loss
 from distill.mining import PAD
 from distill.stage import make_train_step
 
@@ -33,9 +34,10 @@ class RankerLossWeights:
     pointwise_weight: float = 0.0
     listwise_weight: float = 0.0
     temperature: float = 1.0
+    softmax_weight: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("label_weight", "pointwise_weight", "listwise_weight"):
+        for name in ("label_weight", "pointwise_weight", "listwise_weight", "softmax_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"`{name}` should be a non-negative float. Received: {name}={getattr(self, name)}")
         if self.temperature <= 0:
@@ -141,6 +143,8 @@ def make_ranker_train_step(
         bce = tf.nn.sigmoid_cross_entropy_with_logits(labels=batch["labels"], logits=scores)
         valid = tf.cast(mask, scores.dtype)
         loss = weights.label_weight * tf.math.divide_no_nan(tf.reduce_sum(bce * valid), tf.reduce_sum(valid))
+        if weights.softmax_weight > 0:
+            loss += weights.softmax_weight * label_softmax_loss(scores, batch["labels"], mask=mask)
         if weights.pointwise_weight > 0:
             loss += weights.pointwise_weight * pointwise_kd_loss(
                 scores, batch["teacher"], temperature=weights.temperature, mask=mask

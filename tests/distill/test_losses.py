@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from distill import (
     in_batch_softmax_loss,
+    label_softmax_loss,
     listwise_kd_loss,
     margin_mse_loss,
     pointwise_kd_loss,
@@ -176,6 +177,56 @@ def test_pointwise_argument_errors() -> None:
 
 # --------------------------------------------------------------------------------------------------------------
 # listwise_kd_loss
+
+
+# --------------------------------------------------------------------------------------------------------------
+# label_softmax_loss
+
+
+def _np_label_softmax(s, y, mask, weights) -> float:
+    """Naive per-row loop: -sum_j (y_j / sum y) log softmax(s)_j over valid entries, rows with sum y > 0."""
+    total, norm = 0.0, 0.0
+    for row_s, row_y, row_m, w in zip(s, y, mask, weights, strict=True):
+        gains = row_y[row_m]
+        if gains.sum() <= 0:
+            continue
+        total += w * -np.sum(gains / gains.sum() * _np_log_softmax(row_s[row_m]))
+        norm += w
+    return total / norm if norm else 0.0
+
+
+def test_label_softmax_hand_computed() -> None:
+    # softmax([ln 3, 0]) = [0.75, 0.25]; one positive first: -ln 0.75 = ln(4/3).
+    loss = label_softmax_loss(tf.constant([[LN3, 0.0]]), tf.constant([[1.0, 0.0]]))
+    np.testing.assert_allclose(loss.numpy(), 2 * HALF_LN_4_3, rtol=1e-6)
+    # Grades 1 and 1: targets [0.5, 0.5]; -(0.5 ln 0.75 + 0.5 ln 0.25) = 0.5 ln(16/3).
+    loss = label_softmax_loss(tf.constant([[LN3, 0.0]]), tf.constant([[0.6, 0.6]]))
+    np.testing.assert_allclose(loss.numpy(), 0.5 * math.log(16.0 / 3.0), rtol=1e-6)
+    # A padded entry holding NaN changes nothing; a row without a positive is left out of the mean.
+    loss = label_softmax_loss(
+        tf.constant([[LN3, 0.0, float("nan")], [5.0, 1.0, 2.0]]),
+        tf.constant([[1.0, 0.0, 1.0], [0.0, 0.0, 0.0]]),
+        mask=tf.constant([[True, True, False], [True, True, True]]),
+    )
+    np.testing.assert_allclose(loss.numpy(), 2 * HALF_LN_4_3, rtol=1e-6)
+
+
+def test_label_softmax_matches_naive_loop_and_has_gradients() -> None:
+    rng = np.random.default_rng(5)
+    s = rng.normal(size=(7, 6)) * 2
+    y = np.where(rng.random((7, 6)) < 0.3, rng.choice([0.5, 1.0], size=(7, 6)), 0.0)
+    mask = rng.random((7, 6)) < 0.8
+    y[1] = 0.0  # no positive: excluded
+    weights = rng.random(7) + 0.5
+    loss = label_softmax_loss(s, y, mask=mask, sample_weight=weights)
+    np.testing.assert_allclose(loss.numpy(), _np_label_softmax(s, y, mask, weights), rtol=1e-10)
+    scores = tf.Variable(s.astype(np.float32))
+    with tf.GradientTape() as tape:
+        value = label_softmax_loss(scores, y.astype(np.float32), mask=mask)
+    grad = tape.gradient(value, scores).numpy()
+    assert np.all(np.isfinite(grad)) and np.all(grad[~mask] == 0) and np.abs(grad).sum() > 0
+    with pytest.raises(ValueError, match="`labels` should have the shape of `scores`"):
+        label_softmax_loss(tf.zeros([2, 3]), tf.zeros([2, 4]))
 
 
 def test_listwise_hand_computed_two_item_list() -> None:

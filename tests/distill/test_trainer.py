@@ -20,7 +20,7 @@ from retrieval import TowerConfig, embed_catalog, load_tower
 TINY = CascadeConfig(
     teacher=TeacherStage(
         epochs=4,
-        batch_size=128,
+        batch_size=16,
         negatives_per_query=4,
         retrieved_negatives=4,
         retrieval_depth=20,

@@ -16,7 +16,7 @@ from retrieval import TowerConfig
 TINY = CascadeConfig(
     teacher=TeacherStage(
         epochs=2,
-        batch_size=128,
+        batch_size=16,
         negatives_per_query=4,
         retrieved_negatives=4,
         retrieval_depth=20,
