@@ -98,6 +98,8 @@ class EvalConfig:
         if self.max_queries is not None:
             _check_positive_int("max_queries", self.max_queries)
         for name in ("ks", "teacher_ms", "candidate_ks"):
+            if not isinstance(getattr(self, name), tuple | list):
+                raise ValueError(f"`{name}` should be a list of cut-offs. Received: {name}={getattr(self, name)!r}")
             values = tuple(getattr(self, name))
             if not values:
                 raise ValueError(f"`{name}` should list at least one cut-off. Received: {name}={values}")
@@ -488,7 +490,10 @@ def evaluate(
         metrics: dict[str, float] = {}
         truth_metrics = evaluate_rankings(ranked, requests.relevant, ks=config.ks, relevant_gains=requests.gains)
         metrics.update({f"truth/{k}": float(v) for k, v in truth_metrics.items() if "@" in k})
-        for reference, (items, gains) in (("teacher", (teacher_items, teacher_gains)), ("oracle", oracle)):
+        for reference, (items, gains) in (
+            ("teacher", (teacher_items, teacher_gains)),
+            ("oracle", oracle or (None, None)),
+        ):
             if items is None:
                 continue
             metrics[f"{reference}/ndcg@{config.final_k}"] = mean_metric(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -141,6 +142,22 @@ def test_cascade_evaluate_reuses_the_cached_teacher_ranking(run, tmp_path: Path,
             assert second["systems"][system][metric] == pytest.approx(first["systems"][system][metric])
     printed = capsys.readouterr().out
     assert "cascade_distilled" in printed and "report:" in printed
+
+
+def test_cascade_evaluate_on_data_without_a_hidden_truth(run, tmp_path: Path) -> None:
+    # Real data sets have no relevance function: no oracle/ metrics, everything else as on the synthetic shop.
+    out, _ = run
+    data = tmp_path / "data"
+    shutil.copytree(out / "data", data, ignore=shutil.ignore_patterns("truth"))
+    args = ["evaluate", "--index", str(out / "index"), "--data", str(data), "--out", str(tmp_path / "r")]
+    assert main([*args, "--queries", "60", "--config", str(out.parent / "tiny.toml")]) == 0
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    first = json.loads((out / "report" / "report.json").read_text())
+    for system in ("teacher", "cascade_distilled", "popularity"):
+        metrics = report["systems"][system]
+        assert not any(name.startswith("oracle/") for name in metrics)
+        assert metrics["truth/ndcg@10"] == pytest.approx(first["systems"][system]["truth/ndcg@10"])
+        assert metrics["teacher/ndcg@10"] == pytest.approx(first["systems"][system]["teacher/ndcg@10"])
 
 
 def test_bad_run_configs_are_refused(tmp_path: Path, capsys) -> None:
