@@ -130,7 +130,13 @@ def read_items(items: pd.DataFrame | str | Path) -> tuple[pd.DataFrame, pd.DataF
     if suffix in (".parquet", ".pq"):
         return pq.read_table(path).to_pandas(), None
     if suffix in (".csv", ".tsv", ".txt"):
-        return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ","), None
+        # Ids are read as text: "007" stays "007"; a column of plain integers ("7", never "007") becomes int64,
+        # the rule `features.load_tables` applies to CSV ids.
+        table = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", dtype={ITEM_ID: str})
+        ids = table[ITEM_ID] if ITEM_ID in table.columns else None
+        if ids is not None and len(ids) and ids.notna().all() and ids.str.fullmatch(r"0|[1-9][0-9]{0,17}").all():
+            table[ITEM_ID] = ids.astype(np.int64)
+        return table, None
     raise ValueError(f"`items` should be a .parquet or .csv file or a data set folder. Received: {path}")
 
 

@@ -439,3 +439,14 @@ def test_concurrent_searches_equal_serial(data, indexes, factory):
     for position, (scores, slots) in enumerate(concurrent):
         np.testing.assert_array_equal(slots, serial[position % len(masks)][1])
         np.testing.assert_array_equal(scores, serial[position % len(masks)][0])
+
+
+def test_read_items_keeps_text_ids_and_makes_plain_integers_int64(tmp_path) -> None:
+    from index.build import read_items
+
+    (tmp_path / "text.csv").write_text("item_id,title\n007,bond\nA5,paper\n")
+    (tmp_path / "ints.csv").write_text("item_id,title\n7,bond\n15,paper\n")
+    text, _ = read_items(tmp_path / "text.csv")
+    assert text["item_id"].tolist() == ["007", "A5"]
+    ints, _ = read_items(tmp_path / "ints.csv")
+    assert ints["item_id"].dtype == np.int64 and ints["item_id"].tolist() == [7, 15]
