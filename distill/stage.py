@@ -1,11 +1,12 @@
 """One resumable training stage: a seeded epoch loop with checkpoints, TensorBoard logs and a progress bar.
 
 Each stage (teacher, two-tower, ranking student; each mode) runs through `run_stage`. The stage's state — the
-model's variables, the optimizer's slots, the epoch and the step within the epoch — is saved with
-`tf.train.CheckpointManager` every ``checkpoint_every`` steps and at every epoch end. Epoch ``e``'s batches come
-from ``make_dataset(e)``, which must be deterministic in ``e`` (shuffle seeded by it), so a stage killed
-mid-epoch restarts from its last checkpoint, skips the batches it had already taken and ends where an
-uninterrupted run would have.
+model's variables and the `tf.random.Generator`s it owns (the towers' id dropout), the optimizer's slots, the
+epoch and the step within the epoch — is saved with `tf.train.CheckpointManager` every ``checkpoint_every`` steps
+and at every epoch end. Epoch ``e``'s batches come from ``make_dataset(e)``, which must be deterministic in ``e``
+(shuffle seeded by it), so a stage killed mid-epoch restarts from its last checkpoint, skips the batches it had
+already taken and ends where an uninterrupted run would have. Random draws from TensorFlow's op-level state
+(``tf.random.uniform``, Keras ``Dropout`` with a rate above 0) are in no checkpoint: after a resume they differ.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 A bundle holds everything a query process needs and nothing it must not trust blindly::
 
     manifest.json            written last: format version, dimensions, metric, FAISS factory and search
-                             parameters, item counts, every file's size and SHA-256, resolved configs, versions
+                             parameters, item counts, every file's size and SHA-256, resolved configs, versions,
+                             and the SHA-256 of its own fields (``manifest_sha256``)
     index.faiss              the FAISS index; its ids are item *slots* (rows of items.parquet)
     items.parquet            the raw item table (id, attributes, title): display, filters, slot -> item id
     active.npy               [num_slots] bool: False for removed (or replaced) items
@@ -15,18 +16,23 @@ A bundle holds everything a query process needs and nothing it must not trust bl
     users.parquet            optional user attributes, looked up for known users at query time
 
 Writing goes to a hidden temporary sibling that is renamed into place only after ``manifest.json`` is written,
-so the target name never shows a partial build; a failed build removes its temporary directory. Every array is
-``.npy`` loaded with ``allow_pickle=False``; nothing on a load path unpickles.
+so the target name never shows a partial build; a failed build removes its temporary directory (a killed one
+leaves it, hidden and named ``.<name>.tmp-<hex>``). Overwriting swaps the new build and the previous one in one
+system call where the OS can (Linux ``renameat2(RENAME_EXCHANGE)``), so the target name always holds one complete
+build. Every array is ``.npy`` loaded with ``allow_pickle=False``; nothing on a load path unpickles.
 """
 
 from __future__ import annotations
 
+import ctypes
 import datetime as dt
+import errno
 import hashlib
 import json
 import logging
 import os
 import shutil
+import sys
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -39,6 +45,7 @@ logger = logging.getLogger(__name__)
 FORMAT = "cascade-index"
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
+MANIFEST_DIGEST = "manifest_sha256"
 METRIC = "inner_product"
 
 
@@ -122,6 +129,21 @@ class Manifest:
                 f"{source}: `format_version` is {version} but this version of Cascade reads up to {FORMAT_VERSION}: "
                 "upgrade Cascade to load this bundle"
             )
+        # The manifest vouches for every other file; its own digest catches a changed value (an nprobe, a count)
+        # that still parses. Manifests written before the digest existed have none and are read as they are; a
+        # digest whose name was damaged shows up as an unknown field.
+        unknown = sorted(set(data) - _MANIFEST_FIELDS)
+        if unknown:
+            raise ManifestError(
+                f"{source} has unknown field(s) {unknown}: the manifest is corrupted or from a newer Cascade"
+            )
+        if MANIFEST_DIGEST in data:
+            digest = manifest_digest(data)
+            if data[MANIFEST_DIGEST] != digest:
+                raise ManifestError(
+                    f"{source} has SHA-256 {digest} over its fields but records {MANIFEST_DIGEST} "
+                    f"{data[MANIFEST_DIGEST]!r}: the manifest is corrupted or was edited"
+                )
         required = {
             "build_id": str,
             "created": str,
@@ -169,6 +191,31 @@ class Manifest:
         )
 
 
+_MANIFEST_FIELDS = {
+    "format",
+    "format_version",
+    "build_id",
+    "parent_build_id",
+    "created",
+    "embedding_dim",
+    "metric",
+    "index",
+    "items",
+    "models",
+    "files",
+    "config",
+    "versions",
+    MANIFEST_DIGEST,
+}
+
+
+def manifest_digest(data: Mapping[str, Any]) -> str:
+    """Hex SHA-256 of a manifest's fields (``manifest_sha256`` excepted) as canonical JSON (sorted keys, no spaces)."""
+    fields = {k: v for k, v in data.items() if k != MANIFEST_DIGEST}
+    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode("ascii")).hexdigest()
+
+
 def sha256_file(path: Path, *, chunk_size: int = 1 << 22) -> str:
     """Hex SHA-256 of a file, read in chunks (memory stays flat for multi-GiB files)."""
     digest = hashlib.sha256()
@@ -192,7 +239,9 @@ def describe_files(directory: Path) -> dict[str, FileEntry]:
 def write_manifest(directory: Path, make_manifest: Callable[[dict[str, FileEntry]], Manifest]) -> Manifest:
     """Checksums every file of ``directory``, then writes ``manifest.json`` (the last file of a bundle)."""
     manifest = make_manifest(describe_files(directory))
-    _write_text_synced(directory / MANIFEST_FILE, json.dumps(manifest.to_dict(), indent=2, sort_keys=False))
+    data = json.loads(json.dumps(manifest.to_dict()))  # the digest covers what a reader parses back
+    data[MANIFEST_DIGEST] = manifest_digest(data)
+    _write_text_synced(directory / MANIFEST_FILE, json.dumps(data, indent=2, sort_keys=False))
     return manifest
 
 
@@ -260,7 +309,9 @@ def atomic_directory(target: str | os.PathLike[str], *, overwrite: bool = False)
     """Yields a temporary sibling of ``target`` to fill; renames it to ``target`` when the block succeeds.
 
     On any exception (including KeyboardInterrupt) the temporary directory is removed and ``target`` is left as
-    it was. With ``overwrite``, an existing ``target`` is moved aside, replaced, then deleted.
+    it was. With ``overwrite``, an existing ``target`` is swapped with the new build in one system call on Linux
+    (a process killed at any point leaves ``target`` holding the previous or the new build) and the previous
+    build is then deleted; elsewhere it is moved aside and replaced, which leaves a moment without ``target``.
 
     Raises:
         FileExistsError: When ``target`` exists and ``overwrite`` is False (checked before any work).
@@ -274,7 +325,9 @@ def atomic_directory(target: str | os.PathLike[str], *, overwrite: bool = False)
     try:
         yield tmp
         _fsync_directory(tmp)
-        if target.exists():
+        if target.exists() and _exchange(tmp, target):
+            shutil.rmtree(tmp, ignore_errors=True)  # now the previous build
+        elif target.exists():
             old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:12]}")
             target.rename(old)
             tmp.rename(target)
@@ -285,6 +338,28 @@ def atomic_directory(target: str | os.PathLike[str], *, overwrite: bool = False)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+_AT_FDCWD = -100  # <fcntl.h>
+_RENAME_EXCHANGE = 2  # <linux/fs.h>
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Swaps two existing paths atomically; False where the OS or the file system cannot (nothing moved then)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # a C library without renameat2 (glibc < 2.28)
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    renameat2.restype = ctypes.c_int
+    if renameat2(_AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):  # old kernel, or a file system without it
+        return False
+    raise OSError(code, os.strerror(code), str(first), None, str(second))
 
 
 def _write_text_synced(path: Path, text: str) -> None:
@@ -309,12 +384,14 @@ def _fsync_directory(directory: Path) -> None:
 
 __all__ = [
     "FORMAT_VERSION",
+    "MANIFEST_DIGEST",
     "MANIFEST_FILE",
     "FileEntry",
     "Manifest",
     "ManifestError",
     "atomic_directory",
     "describe_files",
+    "manifest_digest",
     "read_manifest",
     "sha256_file",
     "verify_files",

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -107,6 +108,11 @@ class _Tower(keras.Model):
             if config.dropout > 0:
                 self.hidden.append(keras.layers.Dropout(config.dropout, name=f"dropout_{i}"))
         self.projection = keras.layers.Dense(config.output_dim, kernel_regularizer=regularizer, name="projection")
+        # Id dropout draws from a generator the tower owns (tracked by checkpoints, not one of `variables`), not
+        # from TensorFlow's op-level random state, which no checkpoint holds: a stage resumed from a mid-epoch
+        # checkpoint then drops the same ids as an uninterrupted run (`distill.stage`). Seeded from Python's
+        # `random`, which `keras.utils.set_random_seed` seeds.
+        self._id_rng = tf.random.Generator.from_seed(random.getrandbits(63))
 
     @classmethod
     def from_encoders(cls, encoders: FeatureEncoders, config: TowerConfig | None = None) -> _Tower:
@@ -141,8 +147,8 @@ class _Tower(keras.Model):
     def _drop_ids(self, ids: tf.Tensor) -> tf.Tensor:
         """Replaces a random ``id_dropout`` fraction of the present ids (index > 0) by an OOV bucket."""
         ids = tf.convert_to_tensor(ids)
-        drop = tf.random.uniform(tf.shape(ids)) < self.config.id_dropout
-        bucket = tf.random.uniform(tf.shape(ids), minval=1, maxval=self.config.id_oov_buckets + 1, dtype=tf.int32)
+        drop = self._id_rng.uniform(tf.shape(ids)) < self.config.id_dropout
+        bucket = self._id_rng.uniform(tf.shape(ids), minval=1, maxval=self.config.id_oov_buckets + 1, dtype=tf.int32)
         return tf.where(drop & (ids > 0), tf.cast(bucket, ids.dtype), ids)
 
 
