@@ -36,7 +36,15 @@ _PARQUET_SUFFIXES = (".parquet", ".pq")
 _CSV_SUFFIXES = (".csv", ".tsv", ".txt")
 
 
-def read_table(path: Path, columns: list[str], *, table: str, sep: str = ",", encoding: str = "utf-8") -> pd.DataFrame:
+def read_table(
+    path: Path,
+    columns: list[str],
+    *,
+    table: str,
+    sep: str = ",",
+    encoding: str = "utf-8",
+    text: tuple[str, ...] | list[str] = (),
+) -> pd.DataFrame:
     """Reads the named columns of a Parquet or CSV file, failing clearly when a column or the file is missing.
 
     Args:
@@ -45,9 +53,12 @@ def read_table(path: Path, columns: list[str], *, table: str, sep: str = ",", en
         table: The table's role (``"interactions"``, ``"items"``, ``"users"``), for messages.
         sep: CSV field separator.
         encoding: CSV text encoding.
+        text: Columns a CSV file holds as text whatever they look like (ids, titles): a CSV reader would
+            otherwise turn ``"007"`` into the number 7. Parquet columns keep their stored types.
 
     Returns:
-        The columns, in the order given.
+        The columns, in the order given. Columns of the file that are not named are not read; they are counted
+        and listed in an INFO log record.
     """
     wanted = list(dict.fromkeys(columns))
     if not path.is_file():
@@ -64,12 +75,21 @@ def read_table(path: Path, columns: list[str], *, table: str, sep: str = ",", en
         try:
             header = pd.read_csv(path, sep=sep, encoding=encoding, nrows=0)
             _require_columns(list(header.columns), wanted, path, table)
-            return pd.read_csv(path, sep=sep, encoding=encoding, usecols=wanted, keep_default_na=True)[wanted]
+            dtype = {column: str for column in text if column in wanted}
+            frame = pd.read_csv(path, sep=sep, encoding=encoding, usecols=wanted, dtype=dtype, keep_default_na=True)
+            return frame[wanted]
         except UnicodeDecodeError as e:
             raise SpecError(
                 f"{table} file {path} is not valid {encoding} text (byte {e.start}: {e.reason}); set `encoding` "
                 f'in the spec\'s [{table}] section (e.g. encoding = "latin-1")'
             ) from e
+        except LookupError as e:
+            raise SpecError(
+                f'`{table}.encoding` should be a text encoding Python knows (e.g. "utf-8", "latin-1"). '
+                f"Received: encoding={encoding!r}"
+            ) from e
+        except pd.errors.EmptyDataError as e:
+            raise SpecError(f"{table} file {path} is empty; expected a header row with the columns {wanted}") from e
         except pd.errors.ParserError as e:
             raise SpecError(f"{table} file {path} is not valid CSV with sep={sep!r}: {e}") from e
     raise SpecError(f"{table} file {path} has suffix {suffix!r}; expected one of {_PARQUET_SUFFIXES + _CSV_SUFFIXES}")
@@ -79,6 +99,9 @@ def _require_columns(available: list[str], wanted: list[str], path: Path, table:
     missing = [c for c in wanted if c not in available]
     if missing:
         raise SpecError(f"{table} file {path} has no column(s) {missing} named by the spec; it has columns {available}")
+    unread = [c for c in available if c not in wanted]
+    if unread:
+        logger.info("%s file %s: %d column(s) not named by the spec are not read: %s", table, path, len(unread), unread)
 
 
 def _expand_category_path(
@@ -98,7 +121,12 @@ def _expand_category_path(
 
 
 def load_tables(spec: DatasetSpec) -> Dataset:
-    """Loads a ``format = "tables"`` data set: Parquet or CSV files described by the spec."""
+    """Loads a ``format = "tables"`` data set: Parquet or CSV files described by the spec.
+
+    Parquet columns keep their stored types. A CSV has none: its id, categorical and text columns are read as text
+    (``"007"`` stays ``"007"``), and ids and categories become int64 only when every value is a plain integer
+    (``"7"``), in every table that holds the column.
+    """
     if spec.interactions is None or spec.items is None:
         raise SpecError(f"dataset spec {spec.name!r} with format 'tables' needs [interactions] and [items]")
     ispec = spec.interactions
@@ -119,6 +147,8 @@ def load_tables(spec: DatasetSpec) -> Dataset:
         table="interactions",
         sep=ispec.sep,
         encoding=ispec.encoding,
+        text=[c for c in (ispec.user_id, ispec.item_id, ispec.query, ispec.request_id) if c is not None]
+        + list(ispec.context),
     )
     interactions = pd.DataFrame({role: raw[column].to_numpy() for role, column in role_columns.items()})
     for column in ispec.context:
@@ -140,7 +170,14 @@ def load_tables(spec: DatasetSpec) -> Dataset:
     item_columns = [itspec.item_id, *itspec.categorical, *itspec.numeric, *itspec.text]
     if itspec.category_path is not None:
         item_columns.append(itspec.category_path)
-    raw_items = read_table(itspec.path, item_columns, table="items", sep=itspec.sep, encoding=itspec.encoding)
+    raw_items = read_table(
+        itspec.path,
+        item_columns,
+        table="items",
+        sep=itspec.sep,
+        encoding=itspec.encoding,
+        text=[c for c in item_columns if c not in itspec.numeric],
+    )
     items = raw_items.rename(columns={itspec.item_id: ITEM_ID})
     if itspec.category_path is not None:
         items, levels = _expand_category_path(
@@ -162,9 +199,18 @@ def load_tables(spec: DatasetSpec) -> Dataset:
             table="users",
             sep=uspec.sep,
             encoding=uspec.encoding,
+            text=[uspec.user_id, *uspec.categorical],
         )
         users = raw_users.rename(columns={uspec.user_id: USER_ID})
         user_categorical, user_numeric = uspec.categorical, uspec.numeric
+    _csv_integers([(interactions, ispec.path), (items, itspec.path)], ITEM_ID)
+    _csv_integers([(interactions, ispec.path)] + ([(users, spec.users.path)] if users is not None else []), USER_ID)
+    for column in [*([REQUEST_ID] if ispec.request_id else []), *ispec.context]:
+        _csv_integers([(interactions, ispec.path)], column)
+    for column in itspec.categorical:
+        _csv_integers([(items, itspec.path)], column)
+    for column in user_categorical:
+        _csv_integers([(users, spec.users.path)], column)
     schema = Schema(
         label=spec.label,
         has_query=ispec.query is not None,
@@ -178,6 +224,39 @@ def load_tables(spec: DatasetSpec) -> Dataset:
     )
     dataset = Dataset(name=spec.name, schema=schema, interactions=interactions, items=items, users=users)
     return validate_dataset(dataset, policy=spec.policy, source=str(ispec.path.parent))
+
+
+_PLAIN_INTEGER = r"0|-?[1-9][0-9]*"  # not "007", "-0", "+7" or "7.0": those stay text
+
+
+def _csv_integers(tables: list[tuple[pd.DataFrame, Path]], column: str) -> None:
+    """Makes a column read as text from CSV files (ids, categories) int64 when every value, in every table, is an
+    integer.
+
+    ``"7"`` in a CSV is the integer 7; but one value such as ``"007"``, ``"-0"``, ``" 7"`` or ``"A5"`` anywhere
+    keeps the column text in every table, so ``"007"`` is never read as 7 and the tables agree on the kind of their
+    ids (a Parquet table's typed column must hold integers too). Missing values make the column float, as before.
+    """
+    from_csv = [frame for frame, path in tables if _is_csv(path)]
+    if not from_csv or not all(_all_integers(frame[column], _is_csv(path)) for frame, path in tables):
+        return
+    numbers = [pd.to_numeric(frame[column]) for frame in from_csv]
+    if any(n.dtype.kind not in "if" for n in numbers):
+        return  # beyond int64: keep the ids as text
+    for frame, number in zip(from_csv, numbers, strict=True):
+        frame[column] = number
+
+
+def _is_csv(path: Path) -> bool:
+    return path.suffix.lower() in _CSV_SUFFIXES
+
+
+def _all_integers(values: pd.Series, as_text: bool) -> bool:
+    if not as_text:
+        return pd.api.types.is_integer_dtype(values.dtype)
+    if values.dtype != object and not pd.api.types.is_string_dtype(values.dtype):
+        return False
+    return bool(values.dropna().astype(str).str.fullmatch(_PLAIN_INTEGER).all())
 
 
 def _as_text(column: pd.Series) -> pd.Series:
