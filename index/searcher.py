@@ -122,17 +122,20 @@ class Query:
 
 
 class _ReadWriteLock:
-    """Many readers or one writer."""
+    """Many readers or one writer. A waiting writer goes first: new readers wait behind it, else a steady stream
+    of overlapping searches would hold an update off for as long as it lasts. Not re-entrant: a thread holding a
+    read must not take another one (it would wait behind a waiting writer that waits for it)."""
 
     def __init__(self) -> None:
         self._condition = threading.Condition()
         self._readers = 0
         self._writer = False
+        self._writers_waiting = 0
 
     @contextmanager
     def read(self) -> Iterator[None]:
         with self._condition:
-            while self._writer:
+            while self._writer or self._writers_waiting:
                 self._condition.wait()
             self._readers += 1
         try:
@@ -146,8 +149,13 @@ class _ReadWriteLock:
     @contextmanager
     def write(self) -> Iterator[None]:
         with self._condition:
-            while self._writer or self._readers:
-                self._condition.wait()
+            self._writers_waiting += 1
+            try:
+                while self._writer or self._readers:
+                    self._condition.wait()
+            finally:
+                self._writers_waiting -= 1
+                self._condition.notify_all()  # readers held back by this writer re-check (e.g. if the wait broke)
             self._writer = True
         try:
             yield
@@ -162,6 +170,7 @@ class _Filter:
     kind: str  # "categorical" | "numeric"
     values: np.ndarray  # numeric: float64 [num_slots]; categorical: int codes [num_slots] (-1 missing)
     categories: pd.Index | None = None
+    value_kind: str | None = None  # categorical: "str" or "int" when every value is one, else None
 
 
 class Searcher:
@@ -617,10 +626,15 @@ class Searcher:
                     raise ValueError(f"`queries[{i}].history[{j}]` should be a {item_kind} item id. Received: {item!r}")
             if not isinstance(q.context, Mapping):
                 raise ValueError(f"`queries[{i}].context` should be a mapping. Received: {q.context!r}")
-            for c in q.context:
+            for c, value in q.context.items():
                 if c not in context_columns:
                     raise ValueError(
                         f"`queries[{i}].context` has unknown column(s) {[c]}; the models read {list(context_columns)}"
+                    )
+                if value is not None and not isinstance(value, str | numbers.Real):
+                    raise ValueError(
+                        f"`queries[{i}].context[{c!r}]` should be one value (a string or a number; None when unknown). "
+                        f"Received: {value!r}"
                     )
             if q.user_attributes is not None:
                 if not isinstance(q.user_attributes, Mapping):
@@ -633,6 +647,16 @@ class Searcher:
                         f"`queries[{i}].user_attributes` has unknown column(s) {unknown}; known: "
                         f"{sorted(attribute_columns)}"
                     )
+                for c, value in q.user_attributes.items():
+                    numeric = c in self.encoders.user_normalizers
+                    if value is None or (isinstance(value, numbers.Real) and not isinstance(value, bool)):
+                        continue
+                    if numeric or not isinstance(value, str):
+                        expected = "a number" if numeric else "one value (a string or a number)"
+                        raise ValueError(
+                            f"`queries[{i}].user_attributes[{c!r}]` should be {expected}; None or NaN when unknown. "
+                            f"Received: {value!r}"
+                        )
 
     def _query_batch(self, queries: Query | Sequence[Query]) -> QueryBatch:
         """The same queries as a `features.QueryBatch` (the reference path `QueryEncoder` is tested against)."""
@@ -763,6 +787,12 @@ class Searcher:
         wanted = list(condition) if _is_collection(condition) else [condition]
         if not wanted:
             raise ValueError(f"`filters[{name!r}]` should list at least one value. Received: {condition!r}")
+        for value in wanted:
+            if not (_is_kind(value, column.value_kind) if column.value_kind else isinstance(value, str | numbers.Real)):
+                expected = {"str": "strings", "int": "integer values"}.get(column.value_kind or "", "single values")
+                raise ValueError(
+                    f"`filters[{name!r}]` should hold {expected} like the field's values. Received: {value!r}"
+                )
         assert column.categories is not None
         codes = column.categories.get_indexer(pd.Index(wanted, dtype=object))
         return np.isin(column.values, codes[codes >= 0])
@@ -776,7 +806,8 @@ class Searcher:
             built = _Filter("numeric", pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64))
         else:
             codes, categories = pd.factorize(series.astype(object), use_na_sentinel=True)
-            built = _Filter("categorical", codes, pd.Index(categories, dtype=object))
+            kinds = [k for k in ("str", "int") if all(_is_kind(v, k) for v in categories)]
+            built = _Filter("categorical", codes, pd.Index(categories, dtype=object), kinds[0] if kinds else None)
         self._filters[name] = built
         return built
 
