@@ -366,6 +366,31 @@ def _parse_scalar(text: str) -> object:
         return text
 
 
+def _split_pair(text: str, option: str, form: str) -> tuple[str, str]:
+    name, equals, value = text.partition("=")
+    if not equals or not name.strip() or not value:
+        raise ValueError(f"`{option}` should be {form}. Received: {text!r}")
+    return name, value
+
+
+def _parse_filters(pairs: Sequence[str], fields: dict[str, str]) -> dict[str, object]:
+    """``--filter`` options: FIELD=a|b (any of) for categorical fields, FIELD=VALUE or FIELD=LOW..HIGH for numeric."""
+    filters: dict[str, object] = {}
+    for pair in pairs:
+        name, value = _split_pair(pair, "--filter", "FIELD=VALUE, FIELD=a|b or FIELD=LOW..HIGH")
+        if fields.get(name) != "numeric":
+            filters[name] = value.split("|")
+            continue
+        low, dots, high = value.partition("..")
+        try:
+            filters[name] = (float(low) if low else None, float(high) if high else None) if dots else float(value)
+        except ValueError:
+            raise ValueError(
+                f"`--filter {name}` should be a number or LOW..HIGH (a numeric field). Received: {name}={value}"
+            ) from None
+    return filters
+
+
 def _cmd_search(args: argparse.Namespace) -> int:
     from index import ManifestError, Query, Searcher
 
@@ -380,21 +405,15 @@ def _cmd_search(args: argparse.Namespace) -> int:
     history = [
         (_parse_scalar(h) if item_kind == "int" else h) for h in (args.history.split(",") if args.history else [])
     ]
-    context = {}
-    for pair in args.context or []:
-        name, _, value = pair.partition("=")
-        context[name] = _parse_scalar(value)
-    filters: dict[str, object] = {}
-    for pair in args.filter or []:
-        name, _, value = pair.partition("=")
-        kind = searcher.filter_fields.get(name)
-        if kind == "numeric" and ".." in value:
-            low, _, high = value.partition("..")
-            filters[name] = (float(low) if low else None, float(high) if high else None)
-        elif kind == "numeric":
-            filters[name] = float(value)
-        else:
-            filters[name] = value.split("|")
+    try:
+        context = {}
+        for pair in args.context or []:
+            name, value = _split_pair(pair, "--context", "NAME=VALUE")
+            context[name] = _parse_scalar(value)
+        filters = _parse_filters(args.filter or [], searcher.filter_fields)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     try:
         query = Query(user_id=user, text=args.query or "", history=history, context=context)
         results = searcher.search(

@@ -14,6 +14,7 @@ Output directory::
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import tomllib
@@ -62,28 +63,38 @@ class RunConfig:
             raise FileNotFoundError(f"config file {path} does not exist")
         try:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError as e:
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise ValueError(f"{path} is not valid TOML: {e}") from e
         unknown = sorted(set(data) - set(TABLES))
         if unknown:
             raise ValueError(f"{path} has unknown table(s) {unknown}; expected a subset of {list(TABLES)}")
+        for table in TABLES:
+            if table in data and not isinstance(data[table], Mapping):
+                raise ValueError(f"{path}: [{table}] should be a table. Received: {table} = {data[table]!r}")
         source = data.get("data", {})
         if not isinstance(source, Mapping) or set(source) - {"path"}:
             raise ValueError(f"{path}: [data] should hold only `path`. Received: {source!r}")
         data_path = source.get("path")
+        if data_path is not None and not isinstance(data_path, str):
+            raise ValueError(f"{path}: `data.path` should be a string. Received: path={data_path!r}")
         if data_path is not None:
             candidate = Path(data_path)
             if not candidate.is_absolute() and not candidate.exists() and (path.parent / candidate).exists():
                 candidate = path.parent / candidate
             data_path = str(candidate)
-        examples = data.get("examples", {}).get("count", 5) if isinstance(data.get("examples"), Mapping) else 5
+        examples_table = data.get("examples", {})
+        if set(examples_table) - {"count"}:
+            raise ValueError(f"{path}: [examples] should hold only `count`. Received: {examples_table!r}")
+        examples = examples_table.get("count", 5)
+        if isinstance(examples, bool) or not isinstance(examples, int) or examples < 0:
+            raise ValueError(f"{path}: `examples.count` should be a non-negative integer. Received: count={examples!r}")
         config = cls(
             data=data_path,
             synthetic=dict(data.get("synthetic", {})),
             train=dict(data.get("train", {})),
             build=dict(data.get("build", {})),
             evaluate=dict(data.get("evaluate", {})),
-            examples=int(examples),
+            examples=examples,
         )
         config.resolved()  # validate every table now, before any work
         return config
@@ -93,6 +104,10 @@ class RunConfig:
         from distill.trainer import CascadeConfig
         from index import BuildConfig
 
+        known = {f.name for f in dataclasses.fields(features.SyntheticConfig)}
+        unknown = sorted(set(self.synthetic) - known)
+        if unknown:
+            raise ValueError(f"[synthetic] has unknown key(s) {unknown}; expected a subset of {sorted(known)}")
         return (
             CascadeConfig.from_dict(self.train),
             BuildConfig.from_dict(self.build),
