@@ -20,6 +20,16 @@ from index.searcher import (
     queries_from_batch,
     update_index,
 )
+from index.shards import (
+    ShardedBuild,
+    add_shard,
+    build_sharded,
+    merge_shards,
+    open_merged,
+    shard_index,
+    train_empty_index,
+    write_empty_index,
+)
 
 __all__ = [
     "MAX_K",
@@ -36,10 +46,18 @@ __all__ = [
     "Query",
     "SearchResults",
     "Searcher",
+    "ShardedBuild",
+    "add_shard",
     "build_index",
+    "build_sharded",
     "default_factory",
     "exact_search",
+    "merge_shards",
+    "open_merged",
     "queries_from_batch",
     "read_manifest",
+    "shard_index",
+    "train_empty_index",
     "update_index",
+    "write_empty_index",
 ]
