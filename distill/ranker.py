@@ -132,8 +132,13 @@ def make_ranker_train_step(
     optimizer: tf.keras.optimizers.Optimizer,
     catalog: Mapping[str, np.ndarray],
     weights: RankerLossWeights,
+    *,
+    strategy: tf.distribute.Strategy | None = None,
 ) -> Callable[[dict], tf.Tensor]:
-    """A compiled step over batches ``{"query", "rows", "labels"[, "teacher"]}`` (see `make_list_dataset`)."""
+    """A compiled step over batches ``{"query", "rows", "labels"[, "teacher"]}`` (see `make_list_dataset`).
+
+    With a ``strategy`` the step takes distributed batches (see `distill.stage.make_train_step`).
+    """
     catalog_tensors = {k: tf.constant(np.asarray(v)) for k, v in catalog.items()}
 
     def loss_fn(batch: dict) -> tf.Tensor:
@@ -155,7 +160,7 @@ def make_ranker_train_step(
             )
         return loss
 
-    return make_train_step(model, optimizer, loss_fn)
+    return make_train_step(model, optimizer, loss_fn, strategy=strategy)
 
 
 def make_list_dataset(

@@ -44,7 +44,11 @@ class StageResult:
 
 
 def make_train_step(
-    model: tf.keras.Model, optimizer: tf.keras.optimizers.Optimizer, loss_fn: Callable[[dict], tf.Tensor]
+    model: tf.keras.Model,
+    optimizer: tf.keras.optimizers.Optimizer,
+    loss_fn: Callable[[dict], tf.Tensor],
+    *,
+    strategy: tf.distribute.Strategy | None = None,
 ) -> Callable[[dict], tf.Tensor]:
     """A compiled step: ``loss_fn(batch)`` plus the model's regularization losses, one optimizer update.
 
@@ -52,7 +56,17 @@ def make_train_step(
         model: Whose trainable variables are updated (and whose ``losses`` are added).
         optimizer: The optimizer.
         loss_fn: ``batch -> scalar loss``, computed in training mode; it is traced under the gradient tape.
+        strategy: A `tf.distribute.Strategy` whose scope created ``model`` and ``optimizer``, or ``None`` (one
+            device). With a strategy the step takes a distributed batch (an element of
+            ``strategy.experimental_distribute_dataset(...)``); each replica computes ``loss_fn`` on its share,
+            the gradients of ``loss / num_replicas`` are summed across replicas by ``apply_gradients``, and the
+            step returns the replicas' mean loss. For a loss that is a mean over equally many examples on every
+            replica (batch the global dataset with ``drop_remainder=True``) that is the gradient and the loss of
+            the global batch. It is not for a loss that couples the examples of a batch: the two-tower's
+            in-batch softmax then draws its negatives from the replica's share only.
     """
+    if strategy is not None:
+        return _make_distributed_train_step(model, optimizer, loss_fn, strategy)
 
     @tf.function
     def step(batch: dict) -> tf.Tensor:
@@ -63,6 +77,33 @@ def make_train_step(
         variables = model.trainable_variables
         optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
         return loss
+
+    return step
+
+
+def _make_distributed_train_step(
+    model: tf.keras.Model,
+    optimizer: tf.keras.optimizers.Optimizer,
+    loss_fn: Callable[[dict], tf.Tensor],
+    strategy: tf.distribute.Strategy,
+) -> Callable[[dict], tf.Tensor]:
+    """`make_train_step` under ``strategy``: one update from the replicas' summed, ``1 / num_replicas`` gradients."""
+
+    def replica_step(batch: dict) -> tf.Tensor:
+        with tf.GradientTape() as tape:
+            loss = loss_fn(batch)
+            if model.losses:
+                loss += tf.add_n(model.losses)
+            # `apply_gradients` sums the replicas' gradients: scale so that the sum is their mean.
+            scaled = loss / strategy.num_replicas_in_sync
+        variables = model.trainable_variables
+        optimizer.apply_gradients(zip(tape.gradient(scaled, variables), variables, strict=True))
+        return loss
+
+    @tf.function
+    def step(batch: dict) -> tf.Tensor:
+        losses = strategy.run(replica_step, args=(batch,))
+        return strategy.reduce(tf.distribute.ReduceOp.MEAN, losses, axis=None)
 
     return step
 

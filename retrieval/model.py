@@ -113,10 +113,10 @@ class TwoTowerModel(tfrs.Model):
         self.query_tower = query_tower
         self.item_tower = item_tower
         self.config = config
+        # Per-query losses, averaged in `retrieval_loss`: Keras 2 refuses a SUM_OVER_BATCH_SIZE loss called
+        # under a `tf.distribute.Strategy` (outside `fit`), and the mean is the same number.
         self.task = tfrs.tasks.Retrieval(
-            loss=keras.losses.CategoricalCrossentropy(
-                from_logits=True, reduction=keras.losses.Reduction.SUM_OVER_BATCH_SIZE
-            ),
+            loss=keras.losses.CategoricalCrossentropy(from_logits=True, reduction=keras.losses.Reduction.NONE),
             loss_metrics=[keras.metrics.Mean(name="retrieval_loss")],
             temperature=config.temperature,
             remove_accidental_hits=config.remove_accidental_hits,
@@ -163,7 +163,7 @@ class TwoTowerModel(tfrs.Model):
             )
         if self.config.logq_correction and sampling_probability is None:
             raise ValueError("`sampling_probability` should be given when logq_correction=True.")
-        return self.task(
+        per_query = self.task(
             query_emb,
             item_emb,
             sample_weight=sample_weight,
@@ -171,6 +171,7 @@ class TwoTowerModel(tfrs.Model):
             candidate_ids=item_row if self.config.remove_accidental_hits else None,
             compute_metrics=False,
         )
+        return tf.reduce_mean(per_query)
 
     def compute_loss(self, features: Mapping[str, object], training: bool = False) -> tf.Tensor:
         """The loss of one training batch (see the module docstring for the batch dict)."""
