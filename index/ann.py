@@ -736,20 +736,21 @@ def _check_queries(query_embeddings: np.ndarray, dim: int) -> np.ndarray:
     return queries
 
 
-def _check_slots(slots: np.ndarray | None, num_rows: int) -> np.ndarray:
+def _check_slots(slots: np.ndarray | None, num_rows: int, *, name: str = "slots") -> np.ndarray:
+    """Distinct non-negative int64 labels, one per row (``None``: ``0..num_rows-1``); errors say ``name``."""
     if slots is None:
         return np.arange(num_rows, dtype=np.int64)
     array = np.asarray(slots)
     if array.ndim != 1 or array.shape[0] != num_rows:
-        raise ValueError(f"`slots` should have shape [{num_rows}] (one per row). Received: shape={array.shape}")
+        raise ValueError(f"`{name}` should have shape [{num_rows}] (one per row). Received: shape={array.shape}")
     if array.size and not np.issubdtype(array.dtype, np.integer):
-        raise ValueError(f"`slots` should hold integers (int64). Received: dtype={array.dtype}")
+        raise ValueError(f"`{name}` should hold integers (int64). Received: dtype={array.dtype}")
     array = array.astype(np.int64, copy=False)
     if array.size and array.min() < 0:
-        raise ValueError(f"`slots` should be non-negative (-1 is the padding label). Received: min={array.min()}")
+        raise ValueError(f"`{name}` should be non-negative (-1 is the padding label). Received: min={array.min()}")
     unique, counts = np.unique(array, return_counts=True)
     if unique.size != array.size:
-        raise ValueError(f"`slots` should be distinct. Received duplicates, e.g. {unique[counts > 1][:5].tolist()}")
+        raise ValueError(f"`{name}` should be distinct. Received duplicates, e.g. {unique[counts > 1][:5].tolist()}")
     return np.ascontiguousarray(array)
 
 

@@ -53,6 +53,7 @@ from index.ann import (
     _MIN_TRAIN_SIZE,
     _TRAIN_PER_LIST,
     _check_embeddings,
+    _check_slots,
     _faiss_message,
     _is_native_ivf,
     _is_positive_int,
@@ -218,7 +219,7 @@ def add_shard(
             f"`embeddings` should have at least one row: an empty shard adds nothing. Received: "
             f"shape={embeddings.shape} (use fewer shards)"
         )
-    ids = _check_ids(ids, embeddings.shape[0])
+    ids = _check_slots(np.asarray(ids), embeddings.shape[0], name="ids")
     if not out_path.parent.is_dir():
         raise FileNotFoundError(f"cannot write {out_path}: directory {out_path.parent} does not exist")
     index.add_with_ids(np.ascontiguousarray(embeddings), ids)
@@ -399,7 +400,7 @@ def build_sharded(
     num_items = embeddings.shape[0]
     if num_items == 0:
         raise ValueError(f"`embeddings` should have at least one row. Received: shape={embeddings.shape}")
-    ids = _check_ids(ids, num_items)
+    ids = _check_slots(np.asarray(ids), num_items, name="ids")
     if not _is_positive_int(num_shards) or num_shards > num_items:
         raise ValueError(
             f"`num_shards` should be an integer from 1 to the number of rows ({num_items}): every shard needs a row. "
@@ -436,21 +437,6 @@ def _check_mergeable(index: faiss.Index, what: str) -> None:
     if not _is_native_ivf(index):
         raise ValueError(f"{what} is a {type(index).__name__}, not an IVF index: {_NOT_MERGEABLE}")
     # IndexIVFPQR, which merge_ondisk refuses, cannot occur: FAISS builds it for L2 only.
-
-
-def _check_ids(ids: np.ndarray, num_rows: int) -> np.ndarray:
-    array = np.asarray(ids)
-    if array.ndim != 1 or array.shape[0] != num_rows:
-        raise ValueError(f"`ids` should have shape [{num_rows}] (one per row). Received: shape={array.shape}")
-    if array.size and not np.issubdtype(array.dtype, np.integer):
-        raise ValueError(f"`ids` should hold integers (int64). Received: dtype={array.dtype}")
-    array = array.astype(np.int64, copy=False)
-    if array.size and array.min() < 0:
-        raise ValueError(f"`ids` should be non-negative (-1 is the padding label). Received: min={array.min()}")
-    unique, counts = np.unique(array, return_counts=True)
-    if unique.size != array.size:
-        raise ValueError(f"`ids` should be distinct. Received duplicates, e.g. {unique[counts > 1][:5].tolist()}")
-    return np.ascontiguousarray(array)
 
 
 def _check_shard_paths(shard_paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
