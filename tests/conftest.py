@@ -92,3 +92,34 @@ def make_tiny_shop() -> Dataset:
 @pytest.fixture
 def tiny_shop() -> Dataset:
     return make_tiny_shop()
+
+
+# -- a tiny cascade trained once per session (index, jobs and CLI tests share it) -------------------------------
+
+
+@pytest.fixture(scope="session")
+def trained_shop(tmp_path_factory):
+    from distill.trainer import save_cascade, train_cascade
+    from features import SyntheticConfig, generate_shop
+    from tests.index.index_fixtures import TINY, TrainedShop
+
+    shop = generate_shop(SyntheticConfig(num_users=300, num_items=400, num_interactions=6000, seed=3))
+    split = features.temporal_leave_last_out(shop.dataset)
+    trained = train_cascade(shop.dataset, split, config=TINY, show_progress=False)
+    model_dir = save_cascade(trained, tmp_path_factory.mktemp("cascade") / "models")
+    return TrainedShop(shop=shop, split=split, trained=trained, model_dir=model_dir)
+
+
+@pytest.fixture(scope="session")
+def flat_bundle(trained_shop, tmp_path_factory) -> Path:
+    from index import BuildConfig, IndexConfig, build_index
+
+    out = tmp_path_factory.mktemp("bundles") / "flat"
+    build_index(
+        trained_shop.model_dir,
+        trained_shop.shop.dataset.items,
+        out,
+        BuildConfig(index=IndexConfig(factory="Flat")),
+        users=trained_shop.shop.dataset.users,
+    )
+    return out
