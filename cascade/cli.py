@@ -8,6 +8,9 @@ Commands:
     cascade build-index --model DIR --items FILE --out DIR   embed the catalog, build the FAISS index bundle
     cascade update-index --index DIR --out DIR [--add FILE] [--remove FILE] [--replace FILE]
     cascade search --index DIR --user ID [--query TEXT]       search a bundle; a readable table or --json
+    cascade jobs embed|score-lists|teacher-rank|build-index|evaluate|requests ... [--engine ray]
+                                      batch jobs over Parquet shards, in this process or on a Ray cluster
+    cascade train-distributed --out DIR [--workers N] [--ray-address auto]   two-tower on Ray Train
     cascade data synth --out DIR      write a synthetic shop (Parquet tables + spec.toml + hidden truth)
     cascade data inspect PATH         describe a data set: counts, column types, coverage, problems found
     cascade data inspect --spec FILE
@@ -454,6 +457,161 @@ def _cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- batch jobs over Parquet shards (cascade.jobs), on the local loop or Ray -------------------------------------
+
+_JOB_ERRORS = (ValueError, FileNotFoundError, FileExistsError, ImportError, RuntimeError)
+
+
+def _job_engine(args: argparse.Namespace):
+    from cascade.engine import make_engine
+
+    options = {}
+    if args.engine == "ray":
+        options = {k: getattr(args, k) for k in ("cpus_per_actor", "actors") if getattr(args, k) is not None}
+    elif args.ray_address is not None or args.cpus_per_actor is not None or args.actors is not None:
+        raise ValueError("--ray-address, --cpus-per-actor and --actors need --engine ray")
+    return make_engine(args.engine, address=args.ray_address, **options)
+
+
+def _run_job(args: argparse.Namespace, job) -> int:
+    start = time.perf_counter()
+    try:
+        result = job(_job_engine(args))
+    except _JOB_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"{args.job_command}: {result} ({args.engine} engine, {time.perf_counter() - start:.1f}s)")
+    return 0
+
+
+def _cmd_jobs_requests(args: argparse.Namespace) -> int:
+    from cascade import jobs
+
+    def job(engine) -> str:
+        del engine  # grouping held-out rows by request reads the whole data set: always in this process
+        dataset = features.load_dataset(args.data)
+        frame = jobs.make_requests(
+            dataset, split=args.split, max_history=args.max_history, max_queries=args.max_queries, seed=args.seed
+        )
+        shards = jobs.write_shards(frame, args.out, min(args.shards, max(len(frame), 1)), overwrite=args.overwrite)
+        return f"{len(frame)} requests in {len(shards)} shards -> {args.out}"
+
+    return _run_job(args, job)
+
+
+def _cmd_jobs_embed(args: argparse.Namespace) -> int:
+    from cascade import jobs
+
+    def job(engine) -> str:
+        shards = jobs.embed_items(
+            args.model,
+            args.items,
+            args.out,
+            engine=engine,
+            mode=args.mode,
+            batch_size=args.batch_size,
+            overwrite=args.overwrite,
+        )
+        return f"{len(shards)} embedding shards -> {args.out}"
+
+    return _run_job(args, job)
+
+
+def _cmd_jobs_score_lists(args: argparse.Namespace) -> int:
+    from cascade import jobs
+
+    def job(engine) -> str:
+        shards = jobs.score_lists(
+            args.model, args.lists, args.items, args.out, engine=engine, users=args.users, overwrite=args.overwrite
+        )
+        return f"{len(shards)} scored-list shards -> {args.out}"
+
+    return _run_job(args, job)
+
+
+def _cmd_jobs_teacher_rank(args: argparse.Namespace) -> int:
+    from cascade import jobs
+
+    def job(engine) -> str:
+        shards = jobs.teacher_rank(
+            args.model,
+            args.queries,
+            args.items,
+            args.out,
+            engine=engine,
+            depth=args.depth,
+            users=args.users,
+            overwrite=args.overwrite,
+        )
+        return f"{len(shards)} ranking shards -> {args.out}"
+
+    return _run_job(args, job)
+
+
+def _cmd_jobs_build_index(args: argparse.Namespace) -> int:
+    from cascade import jobs
+
+    def job(engine) -> str:
+        built = jobs.build_sharded_index(
+            args.embeddings,
+            args.out,
+            factory=args.factory,
+            engine=engine,
+            num_shards=args.shards,
+            seed=args.seed,
+            overwrite=args.overwrite,
+        )
+        return f"{built.num_items} items in {len(built.shard_paths)} shards, merged -> {args.out}/merged"
+
+    return _run_job(args, job)
+
+
+def _cmd_jobs_evaluate(args: argparse.Namespace) -> int:
+    from cascade import jobs
+
+    def job(engine) -> str:
+        summary = jobs.evaluate_requests(
+            args.index,
+            args.requests,
+            args.out,
+            engine=engine,
+            ks=tuple(args.k),
+            num_candidates=args.candidates,
+            overwrite=args.overwrite,
+        )
+        rows = [[name, value, summary["excluded"][name]] for name, value in sorted(summary["metrics"].items())]
+        print(_format_table(["metric", "mean", "excluded"], rows))
+        return f"{summary['requests']} requests -> {args.out}/summary.json"
+
+    return _run_job(args, job)
+
+
+def _cmd_train_distributed(args: argparse.Namespace) -> int:
+    from cascade.distributed import MultiWorkerConfig, train_multiworker
+
+    try:
+        config = MultiWorkerConfig(
+            data=None if args.data is None else str(args.data),
+            global_batch_size=args.batch_size,
+            epochs=args.epochs,
+            num_workers=args.workers,
+            cpus_per_worker=args.cpus_per_worker,
+        )
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    start = time.perf_counter()
+    try:
+        result = train_multiworker(config, args.out, address=args.ray_address)
+    except _JOB_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    for epoch in result["epochs"]:
+        print(f"epoch {epoch['epoch']}: loss {epoch['loss']:.4f}, worker checksums {epoch['worker_checksums']}")
+    print(f"trained on {args.workers} workers in {time.perf_counter() - start:.1f}s -> {result['model_dir']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cascade",
@@ -541,6 +699,66 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--no-rerank", action="store_true", help="first-stage results only")
     search.add_argument("--json", action="store_true", help="print JSON for machines")
     search.set_defaults(func=_cmd_search)
+
+    jobs = commands.add_parser("jobs", help="batch jobs over Parquet shards, in this process or on Ray (--engine ray)")
+    job_commands = jobs.add_subparsers(dest="job_command", required=True, metavar="JOB")
+
+    def add_job(name: str, help_text: str, func) -> argparse.ArgumentParser:
+        p = job_commands.add_parser(name, help=help_text)
+        p.add_argument("--out", type=Path, required=True, help="output directory (created)")
+        p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+        p.add_argument("--engine", choices=["local", "ray"], default="local", help="local loop (default) or Ray")
+        p.add_argument("--ray-address", default=None, help="join this Ray cluster ('auto', 'ray://host:10001')")
+        p.add_argument("--cpus-per-actor", type=_positive_int, default=None, help="Ray: CPUs per worker actor")
+        p.add_argument("--actors", type=_positive_int, default=None, help="Ray: worker actors (default: CPUs - 1)")
+        p.set_defaults(func=func)
+        return p
+
+    p = add_job("requests", "held-out requests of a data set as Parquet shards", _cmd_jobs_requests)
+    p.add_argument("--data", type=Path, required=True, help="data set folder or spec.toml")
+    p.add_argument("--split", choices=["test", "validation"], default="test")
+    p.add_argument("--max-queries", type=_positive_int, default=None, help="sample at most this many requests")
+    p.add_argument("--max-history", type=_positive_int, default=20, help="history length (the encoders')")
+    p.add_argument("--shards", type=_positive_int, default=8, help="Parquet shards to write (default 8)")
+    p.add_argument("--seed", type=_non_negative_int, default=0)
+    p = add_job("embed", "embed catalog shards with the item tower", _cmd_jobs_embed)
+    p.add_argument("--model", type=Path, required=True, help="<train out>/models")
+    p.add_argument("--items", type=Path, required=True, help="catalog Parquet shards (file or directory)")
+    p.add_argument("--mode", choices=["distilled", "label_only"], default="distilled")
+    p.add_argument("--batch-size", type=_positive_int, default=4096)
+    p = add_job("score-lists", "teacher logits of candidate lists (distillation labels)", _cmd_jobs_score_lists)
+    p.add_argument("--model", type=Path, required=True, help="<train out>/models")
+    p.add_argument("--lists", type=Path, required=True, help="query rows with `candidates` (Parquet shards)")
+    p.add_argument("--items", type=Path, required=True, help="the catalog (Parquet file or shards)")
+    p.add_argument("--users", type=Path, default=None, help="user table (Parquet), for user attributes")
+    p = add_job("teacher-rank", "the teacher's full ranking of the catalog per query", _cmd_jobs_teacher_rank)
+    p.add_argument("--model", type=Path, required=True, help="<train out>/models")
+    p.add_argument("--queries", type=Path, required=True, help="query rows (Parquet shards)")
+    p.add_argument("--items", type=Path, required=True, help="the catalog (Parquet file or shards)")
+    p.add_argument("--users", type=Path, default=None, help="user table (Parquet), for user attributes")
+    p.add_argument("--depth", type=_positive_int, default=100, help="items per ranking (default 100)")
+    p = add_job("build-index", "a sharded IVF index from embedding shards", _cmd_jobs_build_index)
+    p.add_argument("--embeddings", type=Path, required=True, help="`jobs embed` output")
+    p.add_argument("--factory", required=True, help="an IVF FAISS factory, e.g. IVF4096,PQ16")
+    p.add_argument("--shards", type=_positive_int, default=None, help="index shards (default: one per file)")
+    p.add_argument("--seed", type=_non_negative_int, default=0)
+    p = add_job("evaluate", "offline recall/NDCG of a bundle over request shards", _cmd_jobs_evaluate)
+    p.add_argument("--index", type=Path, required=True, help="an index bundle (cascade build-index)")
+    p.add_argument("--requests", type=Path, required=True, help="`jobs requests` (or `jobs teacher-rank`) output")
+    p.add_argument("--k", type=_positive_int, nargs="+", default=[10, 100], help="cut-offs (default 10 100)")
+    p.add_argument("--candidates", type=_positive_int, default=200, help="ANN candidates re-ranked (default 200)")
+
+    dist = commands.add_parser(
+        "train-distributed", help="data-parallel two-tower training on Ray Train (MultiWorkerMirroredStrategy)"
+    )
+    dist.add_argument("--out", type=Path, required=True, help="output directory")
+    dist.add_argument("--data", type=Path, default=None, help="data set (default: a small built-in synthetic shop)")
+    dist.add_argument("--workers", type=_positive_int, default=2)
+    dist.add_argument("--cpus-per-worker", type=_positive_int, default=1)
+    dist.add_argument("--epochs", type=_positive_int, default=2)
+    dist.add_argument("--batch-size", type=_positive_int, default=64, help="global batch (divisible by --workers)")
+    dist.add_argument("--ray-address", default=None, help="join this Ray cluster ('auto'); default: a local Ray")
+    dist.set_defaults(func=_cmd_train_distributed)
 
     data = commands.add_parser("data", help="data sets: generate and inspect")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
