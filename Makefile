@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_synthetic.py --items 1000000 --interactions 10000000 --users 200000
 	$(BIN)/python bench/bench_data_pipeline.py --items 1000000 --interactions 10000000 --users 200000
 	$(BIN)/python bench/bench_search.py --items 1000000
+	$(BIN)/python bench/bench_jobs.py --items 1000000
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
