@@ -570,10 +570,7 @@ def build_sharded_index(
         seed: Seeds the sample and the k-means.
         overwrite: Replace ``out_dir`` if it exists.
     """
-    import faiss
-
-    from index.ann import _MIN_TRAIN_SIZE, _TRAIN_PER_LIST, _make_index
-    from index.shards import _check_mergeable, train_empty_index, write_empty_index
+    from index.shards import train_empty_index, training_sample_size, write_empty_index
 
     engine_ = _engine(engine)
     files = list_shards(embeddings)
@@ -594,10 +591,11 @@ def build_sharded_index(
     groups = [g.tolist() for g in np.array_split(np.arange(len(files)), num_shards)]
     num_items = int(sum(counts))
     first = _embedding_matrix(pq.read_table(files[0], columns=[EMBEDDING]).slice(0, 1))
-    probe = _make_index(first.shape[1], factory)
-    _check_mergeable(probe, f"`factory` {factory!r}")
-    nlist = int(faiss.extract_index_ivf(probe).nlist)
-    size = min(num_items, sample_size or max(_TRAIN_PER_LIST * nlist, _MIN_TRAIN_SIZE))
+    if sample_size is not None and (
+        isinstance(sample_size, bool) or not isinstance(sample_size, int) or sample_size < 1
+    ):
+        raise ValueError(f"`sample_size` should be a positive integer or None. Received: sample_size={sample_size!r}")
+    size = training_sample_size(factory, first.shape[1], num_items, sample_size)
     starts = np.concatenate([[0], np.cumsum(counts)])
     ids = pa.concat_tables([pq.read_table(f, columns=[ITEM_ID]).replace_schema_metadata(None) for f in files])
     # The training sample is drawn over the items sorted by id and trained on in that order, so it does not

@@ -73,6 +73,7 @@ __all__ = [
     "open_merged",
     "shard_index",
     "train_empty_index",
+    "training_sample_size",
     "write_empty_index",
 ]
 
@@ -410,10 +411,7 @@ def build_sharded(
         raise ValueError(f"`sample_size` should be a positive integer or None. Received: sample_size={sample_size!r}")
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
         raise ValueError(f"`seed` should be a non-negative integer. Received: seed={seed!r}")
-    probe = _make_index(embeddings.shape[1], factory)
-    _check_mergeable(probe, f"`factory` {factory!r}")
-    nlist = int(faiss.extract_index_ivf(probe).nlist)
-    size = min(num_items, sample_size or max(_TRAIN_PER_LIST * nlist, _MIN_TRAIN_SIZE))
+    size = training_sample_size(factory, embeddings.shape[1], num_items, sample_size)
     rows = np.sort(np.random.default_rng(seed).choice(num_items, size=size, replace=False))
 
     out_dir = Path(out_dir)
@@ -431,6 +429,19 @@ def build_sharded(
         shard_paths=[out_dir / _SHARDS_DIR / name for name in names],
         merged_dir=out_dir / _MERGED_DIR,
     )
+
+
+def training_sample_size(factory: str, dim: int, num_items: int, sample_size: int | None = None) -> int:
+    """Rows to train a sharded IVF index on: ``sample_size``, else ``max(50 * nlist, 10_000)`` as
+    `AnnIndex.build`, at most ``num_items``.
+
+    Raises:
+        ValueError: When ``factory`` is not an IVF factory (shards could not be merged) or is invalid for ``dim``.
+    """
+    probe = _make_index(dim, factory)
+    _check_mergeable(probe, f"`factory` {factory!r}")
+    nlist = int(faiss.extract_index_ivf(probe).nlist)
+    return min(num_items, sample_size or max(_TRAIN_PER_LIST * nlist, _MIN_TRAIN_SIZE))
 
 
 def _check_mergeable(index: faiss.Index, what: str) -> None:

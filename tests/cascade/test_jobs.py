@@ -216,3 +216,24 @@ def test_engine_options_are_checked() -> None:
         RayEngine(cpus_per_actor=0)
     with pytest.raises(ValueError, match="`batch_size` should be an integer >= 1"):
         LocalEngine().map_batches(WorkerSpec(dict), [], Path("x"), batch_size=0)
+
+
+def test_job_inputs_are_checked_naming_the_field(trained_shop, inputs, embedded, tmp_path) -> None:
+    lists = jobs.read_shards(inputs["lists"]).iloc[:3]
+    scorer = jobs.TeacherListScorer(str(trained_shop.model_dir), str(inputs["catalog"]), str(inputs["users"]))
+    bad = lists.assign(candidates=[[-5], [], [10**9]])
+    with pytest.raises(ValueError, match=r"`candidates` should hold item ids of the catalog\. Received 2 unknown"):
+        scorer(bad)
+    with pytest.raises(ValueError, match="should have a `candidates` column"):
+        scorer(lists.drop(columns=["candidates"]))
+    with pytest.raises(ValueError, match=r"query rows should have the columns .* Missing: \['history'\]"):
+        jobs.queries_from_frame(lists.drop(columns=["history"]))
+    with pytest.raises(ValueError, match="shards are merged by their IVF inverted lists"):
+        jobs.build_sharded_index(embedded["local"], tmp_path / "hnsw", factory="HNSW16")
+    with pytest.raises(ValueError, match=r"`num_shards` should be an integer from 1 to .* \(3\)\. Received: 4"):
+        jobs.build_sharded_index(embedded["local"], tmp_path / "x", factory="IVF4,Flat", num_shards=4)
+    with pytest.raises(ValueError, match=r"`num_shards` should be an integer from 1 to the number of rows \(2\)"):
+        jobs.write_shards(lists.iloc[:2], tmp_path / "y", 3)
+    with pytest.raises(FileNotFoundError, match=r"holds no \.parquet files"):
+        jobs.embed_items(trained_shop.model_dir, tmp_path, tmp_path / "z")
+    assert not (tmp_path / "hnsw").exists() and not (tmp_path / "x").exists()  # nothing half-written
