@@ -250,7 +250,7 @@ class RayEngine:
             fn_constructor_kwargs={"spec": worker, "threads": self.cpus_per_actor},
             batch_size=batch_size,
             batch_format="pandas",
-            concurrency=actors,
+            compute=ray.data.ActorPoolStrategy(size=actors),
             num_cpus=self.cpus_per_actor,
         )
         with atomic_directory(out_dir, overwrite=overwrite) as tmp:

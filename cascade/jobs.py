@@ -528,11 +528,12 @@ class ShardedIndex:
     num_items: int
 
 
-def _add_shard_files(empty_path: str, files: list[str], offset: int, out_path: str) -> str:
-    """Task of `build_sharded_index`: one shard from a run of embedding files, slots ``offset...``."""
+def _add_shard_rows(empty_path: str, pieces: list[tuple[str, int, int]], offset: int, out_path: str) -> str:
+    """Task of `build_sharded_index`: one shard from row ranges ``(file, start, stop)`` of embedding files, whose
+    rows get the slots ``offset, offset + 1, ...``."""
     from index.shards import add_shard
 
-    parts = [_embedding_matrix(pq.read_table(f, columns=[EMBEDDING])) for f in files]
+    parts = [_embedding_matrix(pq.read_table(f, columns=[EMBEDDING]).slice(a, b - a)) for f, a, b in pieces]
     embeddings = np.concatenate(parts) if len(parts) > 1 else parts[0]
     ids = np.arange(offset, offset + len(embeddings), dtype=np.int64)
     return str(add_shard(empty_path, embeddings, ids, out_path))
@@ -565,7 +566,8 @@ def build_sharded_index(
         out_dir: The directory to create: ``empty.index``, ``shards/``, ``merged/``, ``item_ids.parquet``.
         factory: An IVF factory string (``"IVF1024,Flat"``, ``"IVF4096,PQ16"``...).
         engine: ``"local"`` (default), ``"ray"``, or an engine object.
-        num_shards: Index shards (each a run of consecutive files); default one per embedding file.
+        num_shards: Index shards, each a run of consecutive rows (cut across files where needed); default one per
+            embedding file.
         sample_size: Rows to train on (seeded); default ``min(n, max(50 * nlist, 10_000))`` as `AnnIndex.build`.
         seed: Seeds the sample and the k-means.
         overwrite: Replace ``out_dir`` if it exists.
@@ -582,14 +584,13 @@ def build_sharded_index(
     counts = [c for c in counts if c > 0]
     if not files:
         raise ValueError("`embeddings` should hold at least one row. Received: only empty files")
+    num_items = int(sum(counts))
     num_shards = len(files) if num_shards is None else num_shards
-    if isinstance(num_shards, bool) or not isinstance(num_shards, int) or not 1 <= num_shards <= len(files):
+    if isinstance(num_shards, bool) or not isinstance(num_shards, int) or not 1 <= num_shards <= num_items:
         raise ValueError(
-            f"`num_shards` should be an integer from 1 to the number of non-empty embedding files ({len(files)}). "
+            f"`num_shards` should be an integer from 1 to the number of embedding rows ({num_items}). "
             f"Received: {num_shards!r}"
         )
-    groups = [g.tolist() for g in np.array_split(np.arange(len(files)), num_shards)]
-    num_items = int(sum(counts))
     first = _embedding_matrix(pq.read_table(files[0], columns=[EMBEDDING]).slice(0, 1))
     if sample_size is not None and (
         isinstance(sample_size, bool) or not isinstance(sample_size, int) or sample_size < 1
@@ -614,11 +615,17 @@ def build_sharded_index(
         pq.write_table(ids, tmp / ITEM_IDS_FILE)
         (tmp / "shards").mkdir()
         names = [f"shard-{i:05d}-of-{num_shards:05d}.index" for i in range(num_shards)]
-        calls = [
-            (str(empty_path), [str(files[j]) for j in group], int(starts[group[0]]), str(tmp / "shards" / name))
-            for group, name in zip(groups, names, strict=True)
-        ]
-        shard_paths = engine_.run_tasks(_add_shard_files, calls)
+        # Shards are runs of consecutive rows (one per file by default), cut across files where needed.
+        bounds = starts if num_shards == len(files) else np.linspace(0, num_items, num_shards + 1).round()
+        calls = []
+        for name, low, high in zip(names, bounds[:-1].astype(np.int64), bounds[1:].astype(np.int64), strict=True):
+            pieces = [
+                (str(f), int(max(low, a) - a), int(min(high, b) - a))
+                for f, a, b in zip(files, starts[:-1], starts[1:], strict=True)
+                if a < high and b > low
+            ]
+            calls.append((str(empty_path), pieces, int(low), str(tmp / "shards" / name)))
+        shard_paths = engine_.run_tasks(_add_shard_rows, calls)
         engine_.run_tasks(_merge_task, [(shard_paths, str(tmp / "merged"))])
     logger.info("build_sharded_index: %d items in %d shards (%s) -> %s", num_items, num_shards, factory, out)
     return ShardedIndex(out_dir=out, shard_paths=[out / "shards" / n for n in names], num_items=num_items)
