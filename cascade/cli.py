@@ -8,7 +8,7 @@ Commands:
     cascade build-index --model DIR --items FILE --out DIR   embed the catalog, build the FAISS index bundle
     cascade update-index --index DIR --out DIR [--add FILE] [--remove FILE] [--replace FILE]
     cascade search --index DIR --user ID [--query TEXT]       search a bundle; a readable table or --json
-    cascade jobs embed|score-lists|teacher-rank|build-index|evaluate|requests ... [--engine ray]
+    cascade jobs embed|score-lists|teacher-rank|build-index|evaluate|requests|training-lists ... [--engine ray]
                                       batch jobs over Parquet shards, in this process or on a Ray cluster
     cascade train-distributed --out DIR [--workers N] [--ray-address auto]   two-tower on Ray Train
     cascade data synth --out DIR      write a synthetic shop (Parquet tables + spec.toml + hidden truth)
@@ -499,6 +499,25 @@ def _cmd_jobs_requests(args: argparse.Namespace) -> int:
     return _run_job(args, job)
 
 
+def _cmd_jobs_training_lists(args: argparse.Namespace) -> int:
+    from cascade import jobs
+
+    def job(engine) -> str:
+        del engine  # grouping the training split reads the whole data set: always in this process
+        dataset = features.load_dataset(args.data)
+        frame = jobs.make_training_lists(
+            dataset,
+            num_candidates=args.candidates,
+            max_history=args.max_history,
+            max_rows=args.max_rows,
+            seed=args.seed,
+        )
+        shards = jobs.write_shards(frame, args.out, min(args.shards, max(len(frame), 1)), overwrite=args.overwrite)
+        return f"{len(frame)} training rows in {len(shards)} shards -> {args.out} (next: jobs score-lists)"
+
+    return _run_job(args, job)
+
+
 def _cmd_jobs_embed(args: argparse.Namespace) -> int:
     from cascade import jobs
 
@@ -594,6 +613,8 @@ def _cmd_train_distributed(args: argparse.Namespace) -> int:
             data=None if args.data is None else str(args.data),
             global_batch_size=args.batch_size,
             epochs=args.epochs,
+            teacher_lists=None if args.teacher_lists is None else str(args.teacher_lists),
+            kd_weight=args.kd_weight,
             num_workers=args.workers,
             cpus_per_worker=args.cpus_per_worker,
         )
@@ -721,6 +742,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-history", type=_positive_int, default=20, help="history length (the encoders')")
     p.add_argument("--shards", type=_positive_int, default=8, help="Parquet shards to write (default 8)")
     p.add_argument("--seed", type=_non_negative_int, default=0)
+    p = add_job("training-lists", "training positives with candidate lists, for score-lists", _cmd_jobs_training_lists)
+    p.add_argument("--data", type=Path, required=True, help="data set folder or spec.toml")
+    p.add_argument("--candidates", type=_positive_int, default=16, help="list length, positive included")
+    p.add_argument("--max-rows", type=_positive_int, default=None, help="sample at most this many positives")
+    p.add_argument("--max-history", type=_positive_int, default=20, help="history length (the encoders')")
+    p.add_argument("--shards", type=_positive_int, default=8, help="Parquet shards to write (default 8)")
+    p.add_argument("--seed", type=_non_negative_int, default=0)
     p = add_job("embed", "embed catalog shards with the item tower", _cmd_jobs_embed)
     p.add_argument("--model", type=Path, required=True, help="<train out>/models")
     p.add_argument("--items", type=Path, required=True, help="catalog Parquet shards (file or directory)")
@@ -758,6 +786,10 @@ def build_parser() -> argparse.ArgumentParser:
     dist.add_argument("--epochs", type=_positive_int, default=2)
     dist.add_argument("--batch-size", type=_positive_int, default=64, help="global batch (divisible by --workers)")
     dist.add_argument("--ray-address", default=None, help="join this Ray cluster ('auto'); default: a local Ray")
+    dist.add_argument(
+        "--teacher-lists", type=Path, default=None, help="distil: `jobs score-lists` output over `jobs training-lists`"
+    )
+    dist.add_argument("--kd-weight", type=float, default=1.0, help="weight of the KD term (default 1)")
     dist.set_defaults(func=_cmd_train_distributed)
 
     data = commands.add_parser("data", help="data sets: generate and inspect")

@@ -15,6 +15,12 @@ worker 0's metrics). Worker 0 writes the towers (`retrieval.export_towers`) and 
 temporary folder and attaches it to its last report as a `ray.train.Checkpoint`; Ray Train copies it into the
 run's storage, from where `train_multiworker` copies it into ``out_dir``.
 
+Distillation: with ``teacher_lists`` the training pairs are the rows of `cascade.jobs.score_lists` output over
+`cascade.jobs.make_training_lists` rows (a positive and a candidate list with the teacher's logits, computed
+offline by any engine), and the model is `distill.two_tower.DistilledTwoTowerModel`: the in-batch softmax plus
+``kd_weight`` x the listwise KD over each pair's list. Without it, the label-only `TwoTowerModel` trains on the
+positives of every interaction of ``data``.
+
 Layout of ``out_dir``::
 
     two_tower/          the model, written atomically (temporary sibling renamed into place) after training
@@ -117,6 +123,13 @@ class MultiWorkerConfig:
         seed: Seed of the initial weights, the id dropout and the shuffling (equal on every worker).
         num_workers: Ray Train workers, one TensorFlow replica each.
         cpus_per_worker: CPUs Ray reserves per worker; also each worker's TensorFlow intra- and inter-op threads.
+        teacher_lists: Distil from the teacher: Parquet shards of training rows with the teacher's scores
+            (`cascade.jobs.make_training_lists` -> `cascade.jobs.score_lists`: query columns, ``item_id`` the
+            positive, ``candidates`` and ``teacher_logits``). Each row is a training pair, and the loss adds
+            ``kd_weight`` x the listwise KD over its candidates (`distill.two_tower.DistilledTwoTowerModel`).
+            Needs ``data`` (the data set the lists were made from: it gives the encoders and the catalog).
+            ``None``: label-only, on the positives of every interaction of ``data``.
+        kd_weight: Weight of the KD term with ``teacher_lists``.
 
     Example:
         >>> MultiWorkerConfig(data="data/shop", global_batch_size=2048, num_workers=4, cpus_per_worker=8)
@@ -136,6 +149,8 @@ class MultiWorkerConfig:
     seed: int = 0
     num_workers: int = 2
     cpus_per_worker: int = 1
+    teacher_lists: str | None = None
+    kd_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if self.data is not None:
@@ -174,6 +189,18 @@ class MultiWorkerConfig:
         rate = self.learning_rate
         if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not 0 < rate < float("inf"):
             raise ValueError(f"`learning_rate` should be a positive float. Received: learning_rate={rate!r}")
+        if self.teacher_lists is not None:
+            if not isinstance(self.teacher_lists, str | os.PathLike):
+                raise ValueError(f"`teacher_lists` should be a path or None. Received: {self.teacher_lists!r}")
+            object.__setattr__(self, "teacher_lists", os.fspath(self.teacher_lists))
+            if self.data is None:
+                raise ValueError(
+                    "`data` should be the data set the teacher lists were made from (it gives the encoders and the "
+                    "catalog). Received: data=None with teacher_lists set"
+                )
+        weight = self.kd_weight
+        if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not 0 <= weight < float("inf"):
+            raise ValueError(f"`kd_weight` should be a non-negative float. Received: kd_weight={weight!r}")
         if self.global_batch_size % self.num_workers:
             raise ValueError(
                 f"`global_batch_size` should be a multiple of num_workers={self.num_workers} (every worker takes an "
@@ -324,8 +351,9 @@ def train_loop_per_worker(config: dict) -> None:
     import tf_keras as keras
 
     from distill.stage import make_train_step
+    from distill.two_tower import DistilledTwoTowerModel
     from retrieval import ItemTower, QueryTower, TowerConfig, TwoTowerModel
-    from retrieval.model import RetrievalConfig, item_sampling_probability, make_training_dataset
+    from retrieval.model import RetrievalConfig, item_sampling_probability
 
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
@@ -335,7 +363,7 @@ def train_loop_per_worker(config: dict) -> None:
             f"{world_size} workers: is TF_CONFIG set ({os.environ.get('TF_CONFIG')!r})?"
         )
 
-    encoders, catalog, queries, rows = _training_pairs(settings)
+    encoders, catalog, queries, rows, kd = _training_data(settings)
     num_items = len(next(iter(catalog.values())))
     probability = item_sampling_probability(rows, num_items)
     if len(rows) < settings.global_batch_size:
@@ -344,20 +372,14 @@ def train_loop_per_worker(config: dict) -> None:
             "not one full batch to train on"
         )
     # Every worker must hold the same encoded data (same vocabularies, same rows): compare digests across workers.
-    digest = _digest({**catalog, **{f"query/{k}": v for k, v in queries.items()}, "rows": rows})
+    digest = _digest({**catalog, **{f"query/{k}": v for k, v in queries.items()}, "rows": rows, **kd})
     digests = _all_gather(strategy, tf.constant([digest], tf.int64))
     if len(set(digests.tolist())) != 1:
         raise RuntimeError(f"the workers encoded different training data (digests {digests.tolist()})")
 
     def make_dataset(epoch: int) -> tf.data.Dataset:
-        dataset = make_training_dataset(
-            queries,
-            catalog,
-            rows,
-            probability,
-            batch_size=settings.global_batch_size,
-            seed=settings.seed + epoch,
-            drop_remainder=True,
+        dataset = _pair_dataset(
+            queries, catalog, rows, probability, kd, batch_size=settings.global_batch_size, seed=settings.seed + epoch
         )
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
@@ -369,11 +391,12 @@ def train_loop_per_worker(config: dict) -> None:
     keras.utils.set_random_seed(settings.seed)
     first = next(iter(make_dataset(0)))
     with strategy.scope():
-        model = TwoTowerModel(
-            QueryTower.from_encoders(encoders, tower_config),
-            ItemTower.from_encoders(encoders, tower_config),
-            config=RetrievalConfig(learning_rate=settings.learning_rate, batch_size=settings.global_batch_size),
-        )
+        towers = (QueryTower.from_encoders(encoders, tower_config), ItemTower.from_encoders(encoders, tower_config))
+        retrieval = RetrievalConfig(learning_rate=settings.learning_rate, batch_size=settings.global_batch_size)
+        if kd:
+            model = DistilledTwoTowerModel(*towers, catalog=catalog, config=retrieval, kd_weight=settings.kd_weight)
+        else:
+            model = TwoTowerModel(*towers, config=retrieval)
         model.query_embeddings(first["query"])
         model.item_embeddings(first["item"])
         optimizer = keras.optimizers.Adam(settings.learning_rate)
@@ -410,13 +433,15 @@ def train_loop_per_worker(config: dict) -> None:
             ray.train.report(metrics)  # a barrier: every worker reports every epoch
 
 
-def _training_pairs(
+def _training_data(
     settings: MultiWorkerConfig,
-) -> tuple[Any, dict[str, Any], dict[str, Any], Any]:
-    """Loads the data, fits the encoders and returns ``(encoders, catalog, query features per pair, item rows)``.
+) -> tuple[Any, dict[str, Any], dict[str, Any], Any, dict[str, Any]]:
+    """Loads the data, fits the encoders and returns ``(encoders, catalog, query features per pair, item rows,
+    kd)``; ``kd`` is ``{"kd_rows", "kd_scores"}`` per pair with ``teacher_lists``, else empty.
 
-    Pairs are the positive (query, item) rows of every interaction; the encoders are fitted on every
-    interaction, a deterministic function of the data, so every worker gets the same vocabularies.
+    The encoders are fitted on every interaction, a deterministic function of the data, so every worker gets the
+    same vocabularies. Label-only pairs are the positive (query, item) rows of every interaction; with
+    ``teacher_lists`` the pairs are the lists' rows (sorted by ``query_id``, so every worker has one order).
     """
     import numpy as np
 
@@ -435,11 +460,112 @@ def _training_pairs(
         dataset = features.load_dataset(settings.data)
     encoders = features.FeatureEncoders.fit(dataset, dataset.interactions)
     catalog = encoders.encode_items(dataset.items)
+    if settings.teacher_lists is not None:
+        queries, rows, kd = teacher_list_pairs(settings.teacher_lists, dataset, encoders)
+        return encoders, catalog, queries, rows, kd
     pairs = make_labelled_pairs(dataset, dataset.interactions, encoders, negatives_per_query=0, seed=settings.seed)
     positive = pairs.labels > 0
     query_index, rows = pairs.query_index[positive], pairs.item_rows[positive]
     queries = {k: np.asarray(v)[query_index] for k, v in pairs.queries.items()}
-    return encoders, catalog, queries, rows.astype(np.int32)
+    return encoders, catalog, queries, rows.astype(np.int32), {}
+
+
+def teacher_list_pairs(
+    source: str | os.PathLike[str], dataset: Any, encoders: Any
+) -> tuple[dict[str, Any], Any, dict[str, Any]]:
+    """Training pairs from teacher-scored lists (`cascade.jobs.score_lists` output over
+    `cascade.jobs.make_training_lists` rows): ``(query features, positive catalog rows, {"kd_rows", "kd_scores"})``.
+
+    ``kd_rows`` are ``[pairs, max list length]`` int32 catalog rows, -1 past a list's end; ``kd_scores`` the teacher's
+    logits there (0 past the end, masked by the loss).
+
+    Raises:
+        ValueError: When a column is missing, an item id is not in ``dataset``'s catalog, or a row has other
+            than one logit per candidate (the message names the column and the values).
+    """
+    import numpy as np
+    import pandas as pd
+
+    from cascade.jobs import QUERY_ID, queries_from_frame, read_shards
+    from index.build import check_users
+    from index.query_encoder import QueryEncoder
+
+    frame = read_shards(source)
+    missing = [c for c in (QUERY_ID, features.ITEM_ID, "candidates", "teacher_logits") if c not in frame.columns]
+    if missing:
+        raise ValueError(
+            f"teacher lists {source} should have the columns of score_lists over make_training_lists rows. Missing: "
+            f"{missing}; received {list(frame.columns)}"
+        )
+    frame = frame.sort_values(QUERY_ID, kind="stable").reset_index(drop=True)
+    id_index = pd.Index(dataset.items[features.ITEM_ID].to_numpy())
+    rows = id_index.get_indexer(frame[features.ITEM_ID].to_numpy())
+    lengths = np.array([len(c) for c in frame["candidates"]], dtype=np.int64)
+    logit_lengths = np.array([len(c) for c in frame["teacher_logits"]], dtype=np.int64)
+    if (lengths != logit_lengths).any():
+        bad = int(np.flatnonzero(lengths != logit_lengths)[0])
+        raise ValueError(
+            f"`teacher_logits` should hold one logit per candidate. Received: query_id "
+            f"{frame[QUERY_ID].tolist()[bad]!r} has {lengths[bad]} candidates and {logit_lengths[bad]} logits"
+        )
+    flat = np.concatenate([np.asarray(c) for c in frame["candidates"]]) if len(frame) else np.empty(0)
+    flat_rows = id_index.get_indexer(flat)
+    for name, found, values in (
+        (features.ITEM_ID, rows, frame[features.ITEM_ID].to_numpy()),
+        ("candidates", flat_rows, flat),
+    ):
+        if (found < 0).any():
+            raise ValueError(
+                f"`{name}` should hold item ids of the data set's catalog. Received {(found < 0).sum()} unknown, "
+                f"e.g. {pd.unique(values[found < 0])[:5].tolist()}"
+            )
+    width = int(lengths.max()) if len(lengths) else 1
+    kd_rows = np.full((len(frame), width), -1, dtype=np.int32)
+    kd_scores = np.zeros((len(frame), width), dtype=np.float32)
+    owner = np.repeat(np.arange(len(frame)), lengths)
+    position = np.arange(len(flat)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    kd_rows[owner, position] = flat_rows
+    kd_scores[owner, position] = np.concatenate([np.asarray(v, dtype=np.float32) for v in frame["teacher_logits"]])
+    users = check_users(dataset.users, encoders) if dataset.users is not None else None
+    queries = QueryEncoder(encoders, users).encode(queries_from_frame(frame))
+    return queries, rows.astype(np.int32), {"kd_rows": kd_rows, "kd_scores": kd_scores}
+
+
+def _pair_dataset(
+    queries: Mapping[str, Any],
+    catalog: Mapping[str, Any],
+    rows: Any,
+    probability: Any,
+    extra: Mapping[str, Any],
+    *,
+    batch_size: int,
+    seed: int,
+) -> Any:
+    """`retrieval.model.make_training_dataset` (shuffled, ``drop_remainder``) with per-pair ``extra`` arrays
+    (``kd_rows``, ``kd_scores``) batched alongside: the same op sequence, so the same batches."""
+    import numpy as np
+    import tensorflow as tf
+
+    num_pairs = len(rows)
+    query_tensors = {k: tf.constant(np.asarray(v)) for k, v in queries.items()}
+    catalog_tensors = {k: tf.constant(np.asarray(v)) for k, v in catalog.items()}
+    extra_tensors = {k: tf.constant(np.asarray(v)) for k, v in extra.items()}
+    rows_tensor = tf.constant(np.asarray(rows, dtype=np.int32))
+    probability_tensor = tf.constant(np.asarray(probability, dtype=np.float32))
+
+    def gather(pairs: tf.Tensor) -> dict:
+        positive = tf.gather(rows_tensor, pairs)
+        return {
+            "query": {k: tf.gather(v, pairs) for k, v in query_tensors.items()},
+            "item": {k: tf.gather(v, positive) for k, v in catalog_tensors.items()},
+            "item_row": positive,
+            "sampling_probability": tf.gather(probability_tensor, positive),
+            **{k: tf.gather(v, pairs) for k, v in extra_tensors.items()},
+        }
+
+    dataset = tf.data.Dataset.range(num_pairs).shuffle(num_pairs, seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.batch(batch_size, drop_remainder=True)
+    return dataset.map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
 
 
 def _digest(arrays: Mapping[str, Any]) -> int:
@@ -513,7 +639,8 @@ def _save(
         query_spec=plain.query_tower.layout.tensor_spec(sequence_lengths=lengths),
         item_spec=plain.item_tower.layout.tensor_spec(sequence_lengths=lengths),
     )
-    (out_dir / TRAINING_FILE).write_text(json.dumps({"config": settings.to_dict(), "epochs": history}, indent=2))
+    summary = {"config": settings.to_dict(), "model": type(model).__name__, "epochs": history}
+    (out_dir / TRAINING_FILE).write_text(json.dumps(summary, indent=2))
 
 
-__all__ = ["MultiWorkerConfig", "train_loop_per_worker", "train_multiworker"]
+__all__ = ["MultiWorkerConfig", "teacher_list_pairs", "train_loop_per_worker", "train_multiworker"]

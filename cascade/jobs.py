@@ -57,6 +57,7 @@ __all__ = [
     "embed_items",
     "evaluate_requests",
     "make_requests",
+    "make_training_lists",
     "open_sharded_index",
     "queries_from_frame",
     "queries_to_frame",
@@ -212,6 +213,49 @@ def make_requests(
     present = requests.relevant >= 0
     frame["relevant"] = [item_ids[row[mask]].tolist() for row, mask in zip(requests.relevant, present, strict=True)]
     frame["gains"] = [row[mask].tolist() for row, mask in zip(requests.gains, present, strict=True)]
+    return frame
+
+
+def make_training_lists(
+    dataset: Dataset,
+    *,
+    num_candidates: int = 16,
+    max_history: int = 20,
+    max_rows: int | None = None,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Training rows for distillation at scale: one per positive of the training split, with a candidate list.
+
+    Each row is a query (history from the training split, cut at the request's time), ``item_id`` (the positive)
+    and ``candidates``: the positive first, then ``num_candidates - 1`` catalog items drawn uniformly (seeded,
+    with replacement, never the positive). `score_lists` appends the teacher's logits; `cascade.distributed`
+    trains the two-tower on the result (``teacher_lists``). ``query_id`` numbers the rows.
+    """
+    from features import build_queries
+    from features.splits import temporal_leave_last_out
+    from index import queries_from_batch
+
+    if isinstance(num_candidates, bool) or not isinstance(num_candidates, int) or num_candidates < 1:
+        raise ValueError(f"`num_candidates` should be a positive integer. Received: {num_candidates!r}")
+    if max_rows is not None and (isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1):
+        raise ValueError(f"`max_rows` should be a positive integer or None. Received: {max_rows!r}")
+    train = temporal_leave_last_out(dataset).train
+    events = train.loc[dataset.positive_mask(train)]
+    rng = np.random.default_rng(seed)
+    if max_rows is not None and len(events) > max_rows:
+        events = events.iloc[np.sort(rng.choice(len(events), max_rows, replace=False))]
+    queries = build_queries(events, dataset, history_source=train, max_history=max_history)
+    frame = queries_to_frame(queries_from_batch(queries))
+    item_ids = dataset.items[ITEM_ID].to_numpy()
+    positive = pd.Index(item_ids).get_indexer(events[ITEM_ID].to_numpy())
+    if (positive < 0).any():
+        raise ValueError(f"{(positive < 0).sum()} training positives are not in the catalog (`items.item_id`)")
+    # Negatives: uniform over the other n - 1 items (draw from n - 1 slots, shift those at or after the positive).
+    drawn = rng.integers(0, max(len(item_ids) - 1, 1), size=(len(events), num_candidates - 1))
+    drawn = drawn + (drawn >= positive[:, None])
+    rows = np.concatenate([positive[:, None], drawn.clip(max=len(item_ids) - 1)], axis=1)
+    frame[ITEM_ID] = item_ids[positive]
+    frame["candidates"] = [item_ids[r].tolist() for r in rows]
     return frame
 
 

@@ -37,6 +37,15 @@ def test_jobs_pipeline_through_the_command_line(trained_shop, flat_bundle, tmp_p
     assert {"truth/ndcg@10", "truth/recall@20", "teacher/ndcg@10", "teacher/recall@10@20"} <= set(summary["metrics"])
     assert "truth/ndcg@10" in out and f"{len(requests)} requests" in out
 
+    assert main(["jobs", "training-lists", "--data", str(data), "--out", str(tmp_path / "rows"), "--candidates", "4",
+                 "--max-rows", "30", "--shards", "3"]) == 0  # fmt: skip
+    rows = jobs.read_shards(tmp_path / "rows")
+    assert len(rows) == 30
+    assert all(len(c) == 4 and c[0] == i for c, i in zip(rows["candidates"], rows["item_id"], strict=True))
+    args = ["--model", model, "--lists", str(tmp_path / "rows"), "--items", str(catalog), "--users", str(users)]
+    assert main(["jobs", "score-lists", *args, "--out", str(tmp_path / "lists")]) == 0
+    assert all(len(v) == 4 for v in jobs.read_shards(tmp_path / "lists")["teacher_logits"])
+
     jobs.write_shards(trained_shop.shop.dataset.items, tmp_path / "items", 2)
     assert main(["jobs", "embed", "--model", model, "--items", str(tmp_path / "items"),
                  "--out", str(tmp_path / "emb")]) == 0  # fmt: skip
@@ -63,3 +72,6 @@ def test_job_errors_are_one_line(trained_shop, tmp_path: Path, capsys) -> None:
     code = main(["jobs", "embed", "--model", str(trained_shop.model_dir), "--items", str(tmp_path / "missing"),
                  "--out", str(tmp_path / "o")])  # fmt: skip
     assert code == 1 and "does not exist" in capsys.readouterr().err
+    code = main(["train-distributed", "--out", str(tmp_path / "d"), "--teacher-lists", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "`data` should be the data set the teacher lists were made from" in err

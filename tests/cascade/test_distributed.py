@@ -33,6 +33,8 @@ from cascade.distributed import MODEL_DIR, TOWERS_DIR, TRAINING_FILE, MultiWorke
         ({"seed": -1}, "seed"),
         ({"synthetic_items": 5}, "synthetic_items"),
         ({"data": 3}, "data"),
+        ({"teacher_lists": "lists"}, "data"),
+        ({"kd_weight": -1.0, "data": "shop"}, "kd_weight"),
     ],
 )
 def test_config_rejects_bad_values_naming_the_field(overrides: dict, field: str) -> None:
@@ -62,16 +64,66 @@ def test_the_module_imports_without_ray() -> None:
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]
 
 
+@pytest.fixture(scope="module")
+def teacher_lists(trained_shop, tmp_path_factory) -> dict[str, Path]:
+    """The session's tiny shop on disk, and 64 of its training positives with 6 candidates scored by its teacher."""
+    from cascade import jobs
+
+    root = tmp_path_factory.mktemp("teacher_lists")
+    data = features.write_shop(trained_shop.shop, root / "shop")
+    dataset = trained_shop.shop.dataset
+    rows = jobs.make_training_lists(dataset, num_candidates=6, max_rows=64, max_history=8, seed=0)
+    jobs.write_shards(rows, root / "rows", 2)
+    dataset.items.to_parquet(root / "catalog.parquet", index=False)
+    dataset.users.to_parquet(root / "users.parquet", index=False)
+    jobs.score_lists(
+        trained_shop.model_dir, root / "rows", root / "catalog.parquet", root / "lists", users=root / "users.parquet"
+    )
+    return {"data": data, "lists": root / "lists"}
+
+
+def test_teacher_lists_become_aligned_pairs_with_kd_targets(trained_shop, teacher_lists) -> None:
+    from cascade import jobs
+    from cascade.distributed import teacher_list_pairs
+
+    dataset = trained_shop.shop.dataset
+    encoders = features.FeatureEncoders.fit(dataset, dataset.interactions)
+    queries, rows, kd = teacher_list_pairs(teacher_lists["lists"], dataset, encoders)
+    frame = jobs.read_shards(teacher_lists["lists"]).sort_values("query_id").reset_index(drop=True)
+    ids = dataset.items["item_id"].to_numpy()
+    assert len(rows) == len(frame) == 64 and kd["kd_rows"].shape == kd["kd_scores"].shape == (64, 6)
+    np.testing.assert_array_equal(ids[rows], frame["item_id"].to_numpy())
+    np.testing.assert_array_equal(ids[kd["kd_rows"]], np.stack(frame["candidates"]))
+    np.testing.assert_array_equal(kd["kd_rows"][:, 0], rows)  # the positive leads its list
+    np.testing.assert_allclose(kd["kd_scores"], np.stack(frame["teacher_logits"]), rtol=0, atol=0)
+    assert all(len(v) == 64 for v in queries.values())
+
+    # A list shorter than the others is padded with -1; logits that do not match the candidates are refused.
+    def cut(column: str, n: int) -> list:
+        return [list(v)[:n] if i == 0 else list(v) for i, v in enumerate(frame[column])]
+
+    short = frame.assign(candidates=cut("candidates", 2), teacher_logits=cut("teacher_logits", 2))
+    jobs.write_shards(short, teacher_lists["lists"].parent / "short", 1)
+    _, _, padded = teacher_list_pairs(teacher_lists["lists"].parent / "short", dataset, encoders)
+    assert (padded["kd_rows"][0, 2:] == -1).all() and (padded["kd_rows"][1:] >= 0).all()
+    short = short.assign(teacher_logits=cut("teacher_logits", 1))
+    jobs.write_shards(short, teacher_lists["lists"].parent / "bad", 1)
+    with pytest.raises(ValueError, match=r"one logit per candidate\. Received: query_id 0 has 2 candidates and 1"):
+        teacher_list_pairs(teacher_lists["lists"].parent / "bad", dataset, encoders)
+
+
 @pytest.mark.slow
-def test_two_ray_workers_train_in_sync_and_worker_zero_saves_the_towers(ray_local, tmp_path: Path) -> None:
+def test_two_ray_workers_distil_in_sync_and_worker_zero_saves_the_towers(
+    ray_local, teacher_lists, tmp_path: Path
+) -> None:
     pytest.importorskip("ray.train.tensorflow")
     from retrieval import load_tower
 
-    data = tmp_path / "shop"
-    shop = features.generate_shop(features.SyntheticConfig(num_users=30, num_items=40, num_interactions=600, seed=3))
-    features.write_shop(shop, data)
+    data = teacher_lists["data"]
     config = MultiWorkerConfig(
         data=str(data),
+        teacher_lists=str(teacher_lists["lists"]),
+        kd_weight=1.0,
         embedding_dim=4,
         hidden_dims=(),
         output_dim=8,
@@ -100,6 +152,9 @@ def test_two_ray_workers_train_in_sync_and_worker_zero_saves_the_towers(ray_loca
     assert not list((tmp_path / "out").glob(f".{MODEL_DIR}.tmp-*"))  # renamed into place
     saved = json.loads((model_dir / TRAINING_FILE).read_text())
     assert saved["epochs"] == epochs
+    assert saved["model"] == "DistilledTwoTowerModel" and saved["config"]["teacher_lists"] == str(
+        teacher_lists["lists"]
+    )
     encoders = features.FeatureEncoders.load(model_dir / "encoders")
     dataset = features.load_dataset(data)
     catalog = encoders.encode_items(dataset.items)
