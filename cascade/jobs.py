@@ -645,7 +645,14 @@ def build_sharded_index(
     ids = pa.concat_tables([pq.read_table(f, columns=[ITEM_ID]).replace_schema_metadata(None) for f in files])
     # The training sample is drawn over the items sorted by id and trained on in that order, so it does not
     # depend on how an engine split or ordered the embedding rows: every engine trains the same quantiser.
-    by_id = np.argsort(ids.column(ITEM_ID).to_numpy(), kind="stable")
+    id_values = ids.column(ITEM_ID).to_numpy()
+    duplicated = pd.Index(id_values).duplicated()
+    if duplicated.any():
+        raise ValueError(
+            f"`{ITEM_ID}` should be unique across the embedding shards. Received {int(duplicated.sum())} duplicate(s), "
+            f"e.g. {pd.unique(id_values[duplicated])[:5].tolist()}"
+        )
+    by_id = np.argsort(id_values, kind="stable")
     wanted = by_id[np.sort(np.random.default_rng(seed).choice(num_items, size=size, replace=False))]
 
     out = Path(out_dir)

@@ -236,6 +236,12 @@ def test_job_inputs_are_checked_naming_the_field(trained_shop, inputs, embedded,
         jobs.build_sharded_index(embedded["local"], tmp_path / "hnsw", factory="HNSW16")
     with pytest.raises(ValueError, match=r"`num_shards` should be an integer from 1 to .* rows \(400\)\. Received: 0"):
         jobs.build_sharded_index(embedded["local"], tmp_path / "x", factory="IVF4,Flat", num_shards=0)
+    twice = tmp_path / "twice"
+    twice.mkdir()
+    for name in ("a", "b"):  # the same shard twice: every id duplicated
+        (twice / f"{name}.parquet").write_bytes(jobs.list_shards(embedded["local"])[0].read_bytes())
+    with pytest.raises(ValueError, match=r"`item_id` should be unique across the embedding shards\. Received 1\d\d "):
+        jobs.build_sharded_index(twice, tmp_path / "w", factory="IVF4,Flat")
     with pytest.raises(ValueError, match=r"`num_shards` should be an integer from 1 to the number of rows \(2\)"):
         jobs.write_shards(lists.iloc[:2], tmp_path / "y", 3)
     with pytest.raises(FileNotFoundError, match=r"holds no \.parquet files"):
