@@ -6,6 +6,7 @@ Commands:
     cascade evaluate --index DIR --data SPEC --out DIR   offline recall / NDCG evaluation report
     cascade train --out DIR           train teacher and students (distilled, label-only), evaluate them
     cascade build-index --model DIR --items FILE --out DIR   embed the catalog, build the FAISS index bundle
+                                      (--engine ray: embed on Ray)
     cascade update-index --index DIR --out DIR [--add FILE] [--remove FILE] [--replace FILE]
     cascade search --index DIR --user ID [--query TEXT]       search a bundle; a readable table or --json
     cascade jobs embed|score-lists|teacher-rank|build-index|evaluate|requests|training-lists ... [--engine ray]
@@ -321,10 +322,26 @@ def _cmd_build_index(args: argparse.Namespace) -> int:
         return 2
     start = time.perf_counter()
     try:
+        embedder = None
+        if args.engine == "ray":
+            from cascade.engine import make_engine
+            from cascade.jobs import engine_embedder
+
+            engine = make_engine("ray", address=args.ray_address)
+            embedder = engine_embedder(engine, args.model, mode=config.mode, batch_size=config.batch_size)
+        elif args.ray_address is not None:
+            raise ValueError("--ray-address needs --engine ray")
         manifest = build_index(
-            args.model, args.items, args.out, config, users=args.users, overwrite=args.overwrite, progress=True
+            args.model,
+            args.items,
+            args.out,
+            config,
+            users=args.users,
+            overwrite=args.overwrite,
+            progress=True,
+            embedder=embedder,
         )
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, ImportError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     index = manifest.index
@@ -695,6 +712,10 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--mode", choices=["distilled", "label_only"], default=None, help="which students serve")
     build.add_argument("--users", type=Path, default=None, help="user table (.parquet/.csv) for user attributes")
     build.add_argument("--overwrite", action="store_true", help="replace an existing bundle (atomically)")
+    build.add_argument(
+        "--engine", choices=["local", "ray"], default="local", help="embed the catalog in-process (default) or on Ray"
+    )
+    build.add_argument("--ray-address", default=None, help="join this Ray cluster ('auto', 'ray://host:10001')")
     build.set_defaults(func=_cmd_build_index)
 
     update = commands.add_parser("update-index", help="add, remove or replace items of a bundle (no rebuild)")

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ from index.bundle import atomic_directory
 __all__ = [
     "EMBEDDING",
     "QUERY_ID",
+    "BundleItemWorker",
     "CascadeEvaluator",
     "ItemEmbedder",
     "ShardedIndex",
@@ -55,6 +57,7 @@ __all__ = [
     "TeacherRanker",
     "build_sharded_index",
     "embed_items",
+    "engine_embedder",
     "evaluate_requests",
     "make_requests",
     "make_training_lists",
@@ -72,6 +75,7 @@ logger = logging.getLogger(__name__)
 
 QUERY_ID = "query_id"
 EMBEDDING = "embedding"
+STUDENT_PREFIX = "student/"
 CONTEXT_PREFIX = "context_"
 ITEM_IDS_FILE = "item_ids.parquet"
 SUMMARY_FILE = "summary.json"
@@ -287,6 +291,121 @@ def _embedding_table(ids: pd.Series, embeddings: np.ndarray) -> pa.Table:
     flat = pa.array(np.ascontiguousarray(embeddings).reshape(-1), type=pa.float32())
     column = pa.FixedSizeListArray.from_arrays(flat, embeddings.shape[1])
     return pa.table({ITEM_ID: pa.array(ids.to_numpy()), EMBEDDING: column})
+
+
+class BundleItemWorker:
+    """Worker of `engine_embedder`: catalog rows -> ``item_id``, ``embedding`` and the ranking student's item-table
+    columns (``student/<key>``), with the numpy serving models `index.build_index` puts in a bundle."""
+
+    def __init__(self, model_dir: str, sample: str, mode: str = "distilled") -> None:
+        from index.build import load_serving_models
+
+        self.encoders = FeatureEncoders.load(Path(model_dir) / ENCODERS_DIR)
+        sample_items = pq.read_table(sample).replace_schema_metadata(None).to_pandas()
+        self.models = load_serving_models(model_dir, self.encoders, self.encoders.encode_items(sample_items), mode=mode)
+
+    def __call__(self, batch: pd.DataFrame) -> pa.Table:
+        from index.build import check_items
+
+        encoded = self.encoders.encode_items(check_items(batch, self.encoders))
+        embeddings = np.asarray(self.models.item_tower(encoded), dtype=np.float32)
+        student = self.models.student
+        parts = student.item_table(encoded, embeddings if student.uses_tower_embeddings else None)
+        table = _embedding_table(batch[ITEM_ID], embeddings)
+        for key, values in sorted(parts.items()):
+            table = table.append_column(STUDENT_PREFIX + key, _array_column(np.asarray(values)))
+        return table
+
+
+def _array_column(values: np.ndarray) -> pa.Array:
+    """``[n]`` -> a plain column; ``[n, w]`` -> a fixed-size list column (dtype kept)."""
+    if values.ndim == 1:
+        return pa.array(values)
+    flat = pa.array(np.ascontiguousarray(values).reshape(-1))
+    return pa.FixedSizeListArray.from_arrays(flat, int(np.prod(values.shape[1:])))
+
+
+def _column_array(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """The inverse of `_array_column` (any list column of equal-length rows becomes ``[n, w]``)."""
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if not (pa.types.is_list(column.type) or pa.types.is_fixed_size_list(column.type)):
+        return column.to_numpy(zero_copy_only=False)
+    width = column.type.list_size if pa.types.is_fixed_size_list(column.type) else None
+    if width is None:
+        lengths = set(pa.compute.list_value_length(column).to_numpy().tolist())
+        width = lengths.pop() if len(lengths) == 1 else -1
+        if width < 0:
+            raise ValueError(f"a list column should have rows of one length. Received lengths {sorted(lengths)}")
+    return column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), width)
+
+
+def engine_embedder(
+    engine: EngineLike, model_dir: str | os.PathLike[str], *, mode: str = "distilled", batch_size: int = 4096
+) -> Any:
+    """An ``embedder`` for `index.build_index` that embeds the catalog on an engine (Ray) instead of in-process.
+
+    The catalog is written as Parquet shards inside the bundle's temporary directory (on a cluster: on storage
+    every node sees), `BundleItemWorker` turns them into embeddings and student item tables, and the results are
+    placed back at their slots (rows of the catalog) in the ``.npy`` files the bundle serves; the shards are
+    removed before the manifest is written. Every slot must come back exactly once.
+
+    Example:
+        >>> build_index(model_dir, items, out, embedder=engine_embedder("ray", model_dir))
+    """
+    from index.build import EMBEDDINGS_FILE, STUDENT_ITEMS_DIR, _file_key
+
+    engine_ = _engine(engine)
+    model_dir = Path(model_dir).resolve()
+    _check_model_dir(model_dir)
+
+    def embed(table: pd.DataFrame, directory: Path) -> np.ndarray:
+        import shutil
+
+        work = directory / ".engine-work"
+        work.mkdir()
+        try:
+            num_shards = int(min(len(table), max(1, math.ceil(len(table) / batch_size))))
+            inputs = write_shards(table, work / "items", num_shards)
+            pq.write_table(pa.Table.from_pandas(table.iloc[:4096], preserve_index=False), work / "sample.parquet")
+            spec = WorkerSpec(
+                BundleItemWorker, {"model_dir": str(model_dir), "sample": str(work / "sample.parquet"), "mode": mode}
+            )
+            outputs = engine_.map_batches(spec, inputs, work / "embedded", batch_size=batch_size)
+            id_index = pd.Index(table[ITEM_ID].to_numpy())
+            arrays: dict[str, np.ndarray] = {}
+            seen = np.zeros(len(table), dtype=bool)
+            (directory / STUDENT_ITEMS_DIR).mkdir()
+            for path in outputs:
+                part = pq.read_table(path).replace_schema_metadata(None)
+                slots = id_index.get_indexer(part.column(ITEM_ID).to_numpy(zero_copy_only=False))
+                if (slots < 0).any() or seen[slots].any():
+                    raise RuntimeError(f"{path} returned item ids that are unknown or already embedded")
+                seen[slots] = True
+                for name in part.column_names:
+                    if name == ITEM_ID:
+                        continue
+                    values = _column_array(part.column(name))
+                    if name == EMBEDDING:
+                        values = values.astype(np.float32, copy=False)
+                    if name not in arrays:
+                        target = (
+                            directory / EMBEDDINGS_FILE
+                            if name == EMBEDDING
+                            else directory / STUDENT_ITEMS_DIR / f"{_file_key(name[len(STUDENT_PREFIX) :])}.npy"
+                        )
+                        arrays[name] = np.lib.format.open_memmap(
+                            target, mode="w+", dtype=values.dtype, shape=(len(table), *values.shape[1:])
+                        )
+                    arrays[name][slots] = values
+            if not seen.all():
+                raise RuntimeError(f"the engine returned {seen.sum()} of {len(table)} items")
+            for array in arrays.values():
+                array.flush()
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return arrays[EMBEDDING]
+
+    return embed
 
 
 class _TeacherWorker:

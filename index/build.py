@@ -20,7 +20,7 @@ import logging
 import platform
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -416,6 +416,7 @@ def build_index(
     users: pd.DataFrame | str | Path | None = None,
     overwrite: bool = False,
     progress: bool = False,
+    embedder: Callable[[pd.DataFrame, Path], np.ndarray] | None = None,
 ) -> Manifest:
     """Builds an index bundle (see `index.bundle`) for a catalog.
 
@@ -429,6 +430,10 @@ def build_index(
             are filled in at query time; overrides the users of a data set given as ``items``.
         overwrite: Whether to replace an existing ``out_dir`` (atomically).
         progress: Whether to show progress bars.
+        embedder: What embeds the catalog: ``embedder(table, directory)`` writes ``item_embeddings.npy`` and
+            ``student_items/<key>.npy`` (row = slot = row of ``table``) into ``directory`` as `embed_items` does,
+            and returns the embeddings. ``None``: `embed_items` in this process. ``cascade.jobs.engine_embedder``
+            runs it on Ray.
 
     Returns:
         The manifest written into ``out_dir``.
@@ -477,7 +482,11 @@ def build_index(
 
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
         tick = time.perf_counter()
-        embeddings = embed_items(table, encoders, models, tmp, batch_size=config.batch_size, progress=progress)
+        if embedder is None:
+            embeddings = embed_items(table, encoders, models, tmp, batch_size=config.batch_size, progress=progress)
+        else:
+            embeddings = embedder(table, tmp)
+            _check_embedded(tmp, embeddings, models, num_items=len(table))
         timings["embed"] = time.perf_counter() - tick
         tick = time.perf_counter()
         slots = np.arange(len(table), dtype=np.int64)
@@ -572,6 +581,20 @@ def embed_items(
         array.flush()
     embeddings.flush()
     return embeddings
+
+
+def _check_embedded(directory: Path, embeddings: np.ndarray, models: ServingModels, *, num_items: int) -> None:
+    """An external embedder wrote what `embed_items` writes: the embeddings and one table per student key."""
+    expected = (num_items, models.item_tower.output_dim)
+    if np.shape(embeddings) != expected or not (directory / EMBEDDINGS_FILE).is_file():
+        raise ValueError(
+            f"the embedder should write {EMBEDDINGS_FILE} of shape {expected} and return it. Received: shape "
+            f"{np.shape(embeddings)}, file present: {(directory / EMBEDDINGS_FILE).is_file()}"
+        )
+    for path in sorted((directory / STUDENT_ITEMS_DIR).glob("*.npy")):
+        rows = np.load(path, mmap_mode="r").shape[0]
+        if rows != num_items:
+            raise ValueError(f"the embedder wrote {path.name} with {rows} rows for {num_items} items")
 
 
 def _file_key(key: str) -> str:

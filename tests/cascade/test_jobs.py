@@ -247,3 +247,33 @@ def test_job_inputs_are_checked_naming_the_field(trained_shop, inputs, embedded,
     with pytest.raises(FileNotFoundError, match=r"holds no \.parquet files"):
         jobs.embed_items(trained_shop.model_dir, tmp_path, tmp_path / "z")
     assert not (tmp_path / "hnsw").exists() and not (tmp_path / "x").exists()  # nothing half-written
+
+
+def test_build_index_embedding_on_ray_gives_the_same_bundle(trained_shop, flat_bundle, ray_engine, tmp_path) -> None:
+    from index import BuildConfig, IndexConfig, Searcher, build_index, queries_from_batch
+    from tests.index.index_fixtures import held_out_queries
+
+    dataset = trained_shop.shop.dataset
+    out = tmp_path / "bundle_ray"
+    embedder = jobs.engine_embedder(ray_engine, trained_shop.model_dir, batch_size=128)  # 4 catalog shards
+    build_index(
+        trained_shop.model_dir,
+        dataset.items,
+        out,
+        BuildConfig(index=IndexConfig(factory="Flat")),
+        users=dataset.users,
+        embedder=embedder,
+    )
+    assert not (out / ".engine-work").exists()
+    for name in [
+        "item_embeddings.npy",
+        *(f"student_items/{p.name}" for p in (flat_bundle / "student_items").iterdir()),
+    ]:
+        local, ray = np.load(flat_bundle / name), np.load(out / name)
+        assert local.dtype == ray.dtype and local.shape == ray.shape, name
+        np.testing.assert_allclose(ray, local, rtol=0, atol=1e-6, err_msg=name)
+    queries = queries_from_batch(held_out_queries(trained_shop, 30))
+    expected = Searcher.load(flat_bundle).search(queries, k=10)
+    got = Searcher.load(out).search(queries, k=10)
+    np.testing.assert_array_equal(got.item_ids, expected.item_ids)
+    np.testing.assert_allclose(got.scores, expected.scores, rtol=0, atol=1e-5)
