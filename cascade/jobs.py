@@ -412,7 +412,7 @@ class _TeacherWorker:
     """Loads the encoders, the catalog (encoded) and the teacher; encodes query rows as the Searcher does."""
 
     def __init__(self, model_dir: str, items: str, users: str | None = None) -> None:
-        from index.build import check_items, check_users, restore_keras_models
+        from index.build import check_items, check_users, restore_teacher
         from index.query_encoder import QueryEncoder
 
         model_dir_path = Path(model_dir)
@@ -420,7 +420,7 @@ class _TeacherWorker:
         self.items = check_items(_read_catalog(items), self.encoders)
         self.catalog = self.encoders.encode_items(self.items)
         self.id_index = pd.Index(self.items[ITEM_ID].to_numpy())
-        self.teacher = restore_keras_models(model_dir_path, self.encoders, self.catalog, teacher=True)["teacher"]
+        self.teacher = restore_teacher(model_dir_path, self.encoders, self.catalog)
         user_table = check_users(_read_catalog(users), self.encoders) if users is not None else None
         self.query_encoder = QueryEncoder(self.encoders, user_table)
 

@@ -356,6 +356,31 @@ def restore_keras_models(
     return models
 
 
+def restore_teacher(model_dir: str | Path, encoders: FeatureEncoders, catalog: Mapping[str, np.ndarray]) -> Any:
+    """The trained teacher alone (`restore_keras_models` restores every model): ``<model_dir>/teacher`` rebuilt
+    from ``config.json`` with its saved variables.
+
+    Raises:
+        FileNotFoundError: When ``model_dir`` has no ``teacher`` or ``config.json``.
+        ValueError: When the SavedModel's variables do not match the rebuilt model.
+    """
+    import tensorflow as tf
+
+    from distill.trainer import CascadeConfig
+    from ranking import TeacherRanker
+
+    model_dir = Path(model_dir)
+    for path in (model_dir / "config.json", model_dir / "teacher"):
+        if not path.exists():
+            raise FileNotFoundError(
+                f"{path} is missing: `model_dir` should be a directory written by save_cascade / `cascade train`"
+            )
+    config = CascadeConfig.from_dict(json.loads((model_dir / "config.json").read_text(encoding="utf-8")))
+    model = TeacherRanker(encoders, catalog, config.teacher.model)
+    _restore(tf.train.Checkpoint(model=model), model_dir / "teacher")
+    return model
+
+
 def random_features(
     encoders: FeatureEncoders,
     specs: Mapping[str, Any],
@@ -592,7 +617,7 @@ def _check_embedded(directory: Path, embeddings: np.ndarray, models: ServingMode
             f"{np.shape(embeddings)}, file present: {(directory / EMBEDDINGS_FILE).is_file()}"
         )
     for path in sorted((directory / STUDENT_ITEMS_DIR).glob("*.npy")):
-        rows = np.load(path, mmap_mode="r").shape[0]
+        rows = np.load(path, mmap_mode="r", allow_pickle=False).shape[0]
         if rows != num_items:
             raise ValueError(f"the embedder wrote {path.name} with {rows} rows for {num_items} items")
 
@@ -693,4 +718,5 @@ __all__ = [
     "load_serving_models",
     "read_items",
     "restore_keras_models",
+    "restore_teacher",
 ]

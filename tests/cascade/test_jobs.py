@@ -108,7 +108,7 @@ def test_sharded_index_ray_equals_local_and_monolithic(embedded, ray_engine, tmp
 
 
 def test_teacher_jobs_ray_equal_local_and_the_teacher(trained_shop, inputs, ray_engine, tmp_path) -> None:
-    from index.build import restore_keras_models
+    from index.build import restore_teacher
     from index.query_encoder import QueryEncoder
     from ranking import full_rank
 
@@ -148,7 +148,7 @@ def test_teacher_jobs_ray_equal_local_and_the_teacher(trained_shop, inputs, ray_
     encoders = trained_shop.trained.encoders
     dataset = trained_shop.shop.dataset
     catalog = encoders.encode_items(dataset.items)
-    teacher = restore_keras_models(trained_shop.model_dir, encoders, catalog, teacher=True)["teacher"]
+    teacher = restore_teacher(trained_shop.model_dir, encoders, catalog)
     encoded = QueryEncoder(encoders, dataset.users).encode(jobs.queries_from_frame(rank_local))
     expected = full_rank(teacher, encoded, catalog, k=20)
     ids = dataset.items[ITEM_ID].to_numpy()
@@ -182,7 +182,7 @@ def test_evaluate_requests_ray_equals_local_and_evaluate(trained_shop, inputs, f
     from cascade.metrics import evaluate_rankings, mean_metric, teacher_ndcg_at_k
     from features.splits import temporal_leave_last_out
     from index import Searcher, queries_from_batch
-    from index.build import restore_keras_models
+    from index.build import restore_teacher
 
     dataset = trained_shop.shop.dataset
     searcher = Searcher.load(flat_bundle)
@@ -198,7 +198,7 @@ def test_evaluate_requests_ray_equals_local_and_evaluate(trained_shop, inputs, f
     ranked = searcher.search(queries, k=100, num_candidates=200).slots
     expected = evaluate_rankings(ranked, requests.relevant, ks=(10, 100), relevant_gains=requests.gains)
     catalog = searcher.encoders.encode_items(searcher.items)
-    teacher = restore_keras_models(trained_shop.model_dir, searcher.encoders, catalog, teacher=True)["teacher"]
+    teacher = restore_teacher(trained_shop.model_dir, searcher.encoders, catalog)
     rows, scores, _ = teacher_full_ranking(
         teacher, trained_shop.model_dir, catalog, searcher._query_encoder.encode(queries), depth=100, cache_dir=None
     )
