@@ -23,7 +23,8 @@ it handles:
 * an actor pool that takes every CPU starves Ray Data's read and write tasks (the job stalls): the pool leaves
   ``reserved_cpus`` (default 1) of the cluster's CPUs free;
 * Ray starts workers with ``OMP_NUM_THREADS=1`` (their ``num_cpus``); a worker's TensorFlow and FAISS thread pools
-  are set to the CPUs its actor reserves, before TensorFlow starts;
+  are set to the CPUs its actor reserves, before TensorFlow starts (through ``TF_NUM_INTRAOP_THREADS``, so workers
+  that serve numpy models never import TensorFlow);
 * small Parquet files are read as few blocks, which would leave actors idle: the data set is repartitioned into
   about ``blocks_per_actor`` blocks per actor (never fewer blocks than rows / ``batch_size``).
 """
@@ -33,6 +34,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,18 +115,25 @@ def list_shards(source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]
 
 
 def set_worker_threads(threads: int) -> None:
-    """Sizes this process's TensorFlow and FAISS thread pools (call before TensorFlow runs its first op)."""
+    """Sizes this process's TensorFlow and FAISS thread pools.
+
+    TensorFlow reads ``TF_NUM_INTRAOP_THREADS`` / ``TF_NUM_INTEROP_THREADS`` when its runtime starts, so a worker
+    that never needs TensorFlow (the evaluator serves numpy models) does not pay for importing it here; when
+    TensorFlow is already loaded, its threading config is set too (possible until its runtime has started).
+    """
     os.environ["OMP_NUM_THREADS"] = str(threads)
+    os.environ["TF_NUM_INTRAOP_THREADS"] = str(threads)
+    os.environ["TF_NUM_INTEROP_THREADS"] = str(max(1, min(2, threads)))
     import faiss
 
     faiss.omp_set_num_threads(threads)
-    import tensorflow as tf
-
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(max(1, min(2, threads)))
-    except RuntimeError:  # TensorFlow already started in this process: keep its pools
-        logger.debug("TensorFlow already initialised; thread pools unchanged")
+    tf = sys.modules.get("tensorflow")
+    if tf is not None:
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(max(1, min(2, threads)))
+        except RuntimeError:  # TensorFlow's runtime already started in this process: keep its pools
+            logger.debug("TensorFlow already initialised; thread pools unchanged")
 
 
 def _to_table(result: Any) -> pa.Table:
