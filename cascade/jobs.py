@@ -630,9 +630,7 @@ def score_lists(
         batch_size: Rows per worker call.
         overwrite: Replace ``out_dir`` if it exists.
     """
-    _check_model_dir(model_dir, teacher=True)
-    kwargs = {"model_dir": str(Path(model_dir).resolve()), "items": str(Path(items).resolve())}
-    kwargs["users"] = None if users is None else str(Path(users).resolve())
+    kwargs = _teacher_worker_kwargs(model_dir, items, users)
     return _engine(engine).map_batches(
         WorkerSpec(TeacherListScorer, kwargs),
         list_shards(lists),
@@ -667,11 +665,9 @@ def teacher_rank(
         batch_size: Queries per worker call.
         overwrite: Replace ``out_dir`` if it exists.
     """
-    _check_model_dir(model_dir, teacher=True)
     if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
         raise ValueError(f"`depth` should be a positive integer. Received: {depth!r}")
-    kwargs = {"model_dir": str(Path(model_dir).resolve()), "items": str(Path(items).resolve()), "depth": depth}
-    kwargs["users"] = None if users is None else str(Path(users).resolve())
+    kwargs = {**_teacher_worker_kwargs(model_dir, items, users), "depth": depth}
     return _engine(engine).map_batches(
         WorkerSpec(TeacherRanker, kwargs),
         list_shards(queries),
@@ -881,6 +877,18 @@ def summarize(rows: pd.DataFrame) -> dict[str, Any]:
         "metrics": metrics,
         "excluded": excluded,
         "missing_relevant": int(rows["missing_relevant"].sum()),
+    }
+
+
+def _teacher_worker_kwargs(
+    model_dir: str | os.PathLike[str], items: str | os.PathLike[str], users: str | os.PathLike[str] | None
+) -> dict[str, Any]:
+    """The constructor arguments of a teacher worker, as absolute paths (after checking the model directory)."""
+    _check_model_dir(model_dir, teacher=True)
+    return {
+        "model_dir": str(Path(model_dir).resolve()),
+        "items": str(Path(items).resolve()),
+        "users": None if users is None else str(Path(users).resolve()),
     }
 
 
