@@ -353,7 +353,7 @@ def train_loop_per_worker(config: dict) -> None:
     from distill.stage import make_train_step
     from distill.two_tower import DistilledTwoTowerModel
     from retrieval import ItemTower, QueryTower, TowerConfig, TwoTowerModel
-    from retrieval.model import RetrievalConfig, item_sampling_probability
+    from retrieval.model import RetrievalConfig, item_sampling_probability, make_training_dataset
 
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
@@ -378,8 +378,15 @@ def train_loop_per_worker(config: dict) -> None:
         raise RuntimeError(f"the workers encoded different training data (digests {digests.tolist()})")
 
     def make_dataset(epoch: int) -> tf.data.Dataset:
-        dataset = _pair_dataset(
-            queries, catalog, rows, probability, kd, batch_size=settings.global_batch_size, seed=settings.seed + epoch
+        dataset = make_training_dataset(
+            queries,
+            catalog,
+            rows,
+            probability,
+            batch_size=settings.global_batch_size,
+            seed=settings.seed + epoch,
+            drop_remainder=True,
+            extra=kd,
         )
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
@@ -529,43 +536,6 @@ def teacher_list_pairs(
     users = check_users(dataset.users, encoders) if dataset.users is not None else None
     queries = QueryEncoder(encoders, users).encode(queries_from_frame(frame))
     return queries, rows.astype(np.int32), {"kd_rows": kd_rows, "kd_scores": kd_scores}
-
-
-def _pair_dataset(
-    queries: Mapping[str, Any],
-    catalog: Mapping[str, Any],
-    rows: Any,
-    probability: Any,
-    extra: Mapping[str, Any],
-    *,
-    batch_size: int,
-    seed: int,
-) -> Any:
-    """`retrieval.model.make_training_dataset` (shuffled, ``drop_remainder``) with per-pair ``extra`` arrays
-    (``kd_rows``, ``kd_scores``) batched alongside: the same op sequence, so the same batches."""
-    import numpy as np
-    import tensorflow as tf
-
-    num_pairs = len(rows)
-    query_tensors = {k: tf.constant(np.asarray(v)) for k, v in queries.items()}
-    catalog_tensors = {k: tf.constant(np.asarray(v)) for k, v in catalog.items()}
-    extra_tensors = {k: tf.constant(np.asarray(v)) for k, v in extra.items()}
-    rows_tensor = tf.constant(np.asarray(rows, dtype=np.int32))
-    probability_tensor = tf.constant(np.asarray(probability, dtype=np.float32))
-
-    def gather(pairs: tf.Tensor) -> dict:
-        positive = tf.gather(rows_tensor, pairs)
-        return {
-            "query": {k: tf.gather(v, pairs) for k, v in query_tensors.items()},
-            "item": {k: tf.gather(v, positive) for k, v in catalog_tensors.items()},
-            "item_row": positive,
-            "sampling_probability": tf.gather(probability_tensor, positive),
-            **{k: tf.gather(v, pairs) for k, v in extra_tensors.items()},
-        }
-
-    dataset = tf.data.Dataset.range(num_pairs).shuffle(num_pairs, seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.batch(batch_size, drop_remainder=True)
-    return dataset.map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
 
 
 def _digest(arrays: Mapping[str, Any]) -> int:

@@ -331,6 +331,8 @@ def _column_array(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     if not (pa.types.is_list(column.type) or pa.types.is_fixed_size_list(column.type)):
         return column.to_numpy(zero_copy_only=False)
     width = column.type.list_size if pa.types.is_fixed_size_list(column.type) else None
+    if width is None and len(column) == 0:
+        width = 0
     if width is None:
         lengths = set(pa.compute.list_value_length(column).to_numpy().tolist())
         width = lengths.pop() if len(lengths) == 1 else -1
@@ -593,18 +595,8 @@ def read_embeddings(source: str | os.PathLike[str] | Sequence[str | os.PathLike[
 
 
 def _embedding_matrix(table: pa.Table) -> np.ndarray:
-    column = table.column(EMBEDDING).combine_chunks()
-    if len(column) == 0:
-        return np.empty((0, 0), dtype=np.float32)
-    if pa.types.is_fixed_size_list(column.type):
-        dim = column.type.list_size
-    else:  # a variable list (Ray may rewrite fixed-size lists): every row must have the same length
-        lengths = pa.compute.list_value_length(column).to_numpy()
-        if len(set(lengths.tolist())) != 1:
-            raise ValueError(f"`{EMBEDDING}` rows should all have one length. Received lengths {sorted(set(lengths))}")
-        dim = int(lengths[0])
-    values = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-    return values.reshape(len(column), dim)
+    """The ``embedding`` column as ``[n, dim]`` float32."""
+    return _column_array(table.column(EMBEDDING)).astype(np.float32, copy=False)
 
 
 def score_lists(

@@ -224,6 +224,7 @@ def make_training_dataset(
     shuffle: bool = True,
     seed: int = 0,
     drop_remainder: bool = False,
+    extra: Mapping[str, np.ndarray] | None = None,
 ) -> tf.data.Dataset:
     """Batches (query, positive item) pairs into the dicts `TwoTowerModel.compute_loss` reads.
 
@@ -241,10 +242,12 @@ def make_training_dataset(
         shuffle: Whether to shuffle the pairs.
         seed: Shuffle seed.
         drop_remainder: Whether to drop the last, smaller batch.
+        extra: More per-pair arrays, ``[num_pairs, ...]`` each, batched under their own keys (e.g. the
+            ``"kd_rows"`` and ``"kd_scores"`` of `distill.two_tower.DistilledTwoTowerModel`).
 
     Returns:
         A dataset of ``{"query": {...}, "item": {...}, "item_row": [batch] int32,
-        "sampling_probability": [batch] float32}``.
+        "sampling_probability": [batch] float32}`` (plus the ``extra`` keys).
     """
     _check_positive_int("batch_size", batch_size)
     queries = _as_arrays(query_features, "query_features")
@@ -264,6 +267,11 @@ def make_training_dataset(
     if not np.all(probability > 0):
         raise ValueError("`sampling_probability_per_row` should be positive everywhere (smooth the frequencies).")
 
+    extra_arrays = {k: np.asarray(v) for k, v in (extra or {}).items()}
+    bad = {k: len(v) for k, v in extra_arrays.items() if len(v) != num_pairs}
+    if bad:
+        raise ValueError(f"`extra` arrays should have one row per pair ({num_pairs}). Received lengths {bad}")
+    extra_tensors = {k: tf.constant(v) for k, v in extra_arrays.items()}
     query_tensors = {k: tf.constant(v) for k, v in queries.items()}
     catalog_tensors = {k: tf.constant(v) for k, v in catalog.items()}
     rows_tensor = tf.constant(rows.astype(np.int32))
@@ -276,6 +284,7 @@ def make_training_dataset(
             "item": {k: tf.gather(v, positive) for k, v in catalog_tensors.items()},
             "item_row": positive,
             "sampling_probability": tf.gather(probability_tensor, positive),
+            **{k: tf.gather(v, pairs) for k, v in extra_tensors.items()},
         }
 
     dataset = tf.data.Dataset.range(num_pairs)
